@@ -1,0 +1,1 @@
+"""The advisor: batch/KV advice, adapters per GPU, placement over GPUs."""

@@ -1,0 +1,1 @@
+"""The `twinbench` command: a thin dispatcher over commands defined beside their code."""
