@@ -22,3 +22,17 @@ class CheckFailed(TwinbenchError):
     """A check the user asked for did not pass (regression gate, fidelity bound)."""
 
     exit_code = 1
+
+
+class TraceWarning(UserWarning):
+    """Something a user should know about an input that was still accepted (e.g. resorted)."""
+
+
+def warn(message: str, path: str | None = None, line: int | None = None) -> None:
+    """Emit a `TraceWarning` whose text names the file and line like `TwinbenchError` does."""
+    import warnings
+
+    where = ""
+    if path is not None:
+        where = f"{path}:{line}: " if line is not None else f"{path}: "
+    warnings.warn(TraceWarning(where + message), stacklevel=2)
