@@ -1,0 +1,109 @@
+"""The step-time model in exact integer arithmetic.
+
+    model   = base + per_decode_seq·B + per_kv_token·K + per_prefill_token·P
+              + per_prefill_attention_pair·A                                  (femtoseconds)
+    factor  = lora.base + lora.per_adapter·L + lora.per_rank_unit·R   if L ≥ 1 adapters
+            = lora.base_only_on_lora_server                           if L = 0, LoRA enabled
+            = 1                                                        if LoRA disabled
+    step_ns = (model // 1000) · factor_bp // 10⁴ // 1000
+              + (sched.base + sched.per_running·running + sched.per_waiting·waiting) // 10⁶
+              + adapter load ns
+
+B = decoding sequences, K = their context tokens (KV read), P = prefill tokens, A = causal
+(query, key) pairs of the prefill chunks, L / R = distinct adapters / sum of their ranks.
+Coefficients are rounded once to integers (femtoseconds, factor in 1/10⁴), so a step's
+duration is the same integer whether computed alone or for a whole segment at once with NumPy
+(`decode_segment_ns`): the coalesced and step-by-step modes agree bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from twinbench.twin.profile import Profile
+
+_FS_PER_MS = 10**12
+_BP = 10_000
+
+
+def _fs(ms: float) -> int:
+    return int(round(float(ms) * _FS_PER_MS))
+
+
+@dataclass(frozen=True)
+class StepModel:
+    base_fs: int
+    decode_seq_fs: int
+    kv_token_fs: int
+    prefill_token_fs: int
+    attention_pair_fs: int
+    lora_base_bp: int
+    lora_adapter_bp: int
+    lora_rank_bp: int
+    base_only_bp: int
+    sched_base_fs: int
+    sched_running_fs: int
+    sched_waiting_fs: int
+    disk_to_cpu_fs: int
+    disk_to_cpu_rank_fs: int
+    cpu_to_gpu_fs: int
+    cpu_to_gpu_rank_fs: int
+    input_ns: int
+    output_ns: int
+    lora_enabled: bool
+
+    @staticmethod
+    def from_profile(profile: Profile, lora_enabled: bool = True) -> "StepModel":
+        st, sc = profile.section("step_time"), profile.section("scheduler")
+        lf, ld = st["lora_factor"], profile.section("adapter_load")
+        fe = profile.data.get("frontend", {})
+        return StepModel(
+            base_fs=_fs(st["base_ms"]), decode_seq_fs=_fs(st["per_decode_seq_ms"]),
+            kv_token_fs=_fs(st["per_kv_token_ms"]), prefill_token_fs=_fs(st["per_prefill_token_ms"]),
+            attention_pair_fs=_fs(st["per_prefill_attention_pair_ms"]),
+            lora_base_bp=int(round(lf["base"] * _BP)), lora_adapter_bp=int(round(lf["per_adapter"] * _BP)),
+            lora_rank_bp=int(round(lf["per_rank_unit"] * _BP)),
+            base_only_bp=int(round(lf["base_only_on_lora_server"] * _BP)),
+            sched_base_fs=_fs(sc["base_ms"]), sched_running_fs=_fs(sc["per_running_ms"]),
+            sched_waiting_fs=_fs(sc["per_waiting_ms"]),
+            disk_to_cpu_fs=_fs(ld["disk_to_cpu_ms"]), disk_to_cpu_rank_fs=_fs(ld["disk_to_cpu_per_rank_ms"]),
+            cpu_to_gpu_fs=_fs(ld["cpu_to_gpu_ms"]), cpu_to_gpu_rank_fs=_fs(ld["cpu_to_gpu_per_rank_ms"]),
+            input_ns=_fs(fe.get("input_ms", 0.0)) // 10**6,
+            output_ns=_fs(fe.get("output_ms", 0.0)) // 10**6,
+            lora_enabled=lora_enabled,
+        )
+
+    def factor_bp(self, n_adapters: int, rank_sum: int) -> int:
+        if n_adapters:
+            return self.lora_base_bp + self.lora_adapter_bp * n_adapters + self.lora_rank_bp * rank_sum
+        return self.base_only_bp if self.lora_enabled else _BP
+
+    def step_ns(self, decode_seqs: int, kv_tokens: int, prefill_tokens: int, attention_pairs: int,
+                n_adapters: int, rank_sum: int, running: int, waiting: int) -> int:
+        """One step's duration without adapter loads."""
+        model_fs = (self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens
+                    + self.prefill_token_fs * prefill_tokens + self.attention_pair_fs * attention_pairs)
+        model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
+        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
+                    + self.sched_waiting_fs * waiting) // 10**6
+        return model_ns + sched_ns
+
+    def decode_segment_ns(self, n_steps: int, decode_seqs: int, kv_tokens0: int,
+                          n_adapters: int, rank_sum: int, running: int, waiting: int) -> np.ndarray:
+        """Durations of `n_steps` pure-decode steps whose KV read grows by `decode_seqs` a step.
+
+        Equal, element by element, to calling `step_ns` for each step (integer arithmetic).
+        """
+        kv = kv_tokens0 + decode_seqs * np.arange(n_steps, dtype=np.int64)
+        model_fs = (self.base_fs + self.decode_seq_fs * decode_seqs) + self.kv_token_fs * kv
+        model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
+        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
+                    + self.sched_waiting_fs * waiting) // 10**6
+        return model_ns + sched_ns
+
+    def load_ns(self, rank: int, from_disk: bool) -> int:
+        fs = self.cpu_to_gpu_fs + self.cpu_to_gpu_rank_fs * rank
+        if from_disk:
+            fs += self.disk_to_cpu_fs + self.disk_to_cpu_rank_fs * rank
+        return fs // 10**6
