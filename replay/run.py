@@ -139,9 +139,13 @@ def replay_to_file(trace: Trace, backend: Backend, options: ReplayOptions, out: 
 def _finish(trace, sink, writer, options, info, status, reason) -> None:
     missing = fill_missing(trace, sink, "cancelled" if status != "complete" else "unfinished",
                            options)
-    if info is not None:
-        writer.info(info.to_dict())
     footer = {"missing_filled": missing}
+    if info is not None:
+        # quantile sketches (sketch mode) summarise the whole run: they belong in the footer
+        sketches = info.extra.pop("sketches", None)
+        if sketches:
+            footer["sketches"] = sketches
+        writer.info(info.to_dict())
     if reason:
         footer["reason"] = reason
     writer.close(status, **footer)
