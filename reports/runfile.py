@@ -133,8 +133,21 @@ class Run:
             or self.footer.get("status") != "complete"
 
     @property
+    def sketches(self) -> dict | None:
+        """Quantile sketches of a sketch-mode run, {adapter or "*": {"itl": sketch JSON, ...}}:
+        from the footer, or from the backend's info line (`info["extra"]["sketches"]`)."""
+        return find_sketches(self.footer, self.info)
+
+    @property
     def label(self) -> str:
         return self.header.get("label") or os.path.basename(self.path)
+
+
+def find_sketches(footer: dict | None, info: dict | None) -> dict | None:
+    for holder in ((footer or {}), (info or {}), (info or {}).get("extra") or {}):
+        if isinstance(holder.get("sketches"), dict) and holder["sketches"]:
+            return holder["sketches"]
+    return None
 
 
 def read_run(path: str | os.PathLike) -> Run:

@@ -1,0 +1,91 @@
+"""Benchmark: summarise 1,000,000 records (~100 token chunks each), in memory and from disk.
+
+Prints wall time, CPU time (user and system) and the peak RSS for: building the records,
+summarising the in-memory list (twice: the first pass pays the first touch of fresh memory,
+which costs seconds per GiB of system time on a lazily backed VM), writing the run file, and
+summarising the run file through the columnar reader. Target: each summary under 10 s.
+Compare wall with user+sys CPU: on a shared machine the difference is waiting for a core.
+
+    python bench/summary_scale.py [--records 1000000] [--chunks 100] [--dir /tmp]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(label: str, fn):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    print(f"{label:<40} wall {dt:7.2f} s  cpu user {user:6.2f} s sys {system:6.2f} s  "
+          f"peak RSS {rss_peak_mib():6.0f} MiB", flush=True)
+    return out, dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--chunks", type=int, default=100)
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    ap.add_argument("--keep", action="store_true", help="keep the run file")
+    ap.add_argument("--memory-only", action="store_true", help="skip the run-file part")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="leave glibc's malloc as is (twinbench report/compare tune it)")
+    args = ap.parse_args()
+    if not args.no_tune:
+        from twinbench.reports.memtune import reuse_freed_memory
+        print(f"malloc tuned to reuse freed memory: {reuse_freed_memory()}")
+
+    from twinbench.reports.load import load_path
+    from twinbench.reports.metrics import summarize
+    from twinbench.reports.runfile import RunWriter
+    from twinbench.reports.synthetic import bulk_records
+
+    n, c = args.records, args.chunks
+    print(f"{n:,} records x {c} chunks = {n * c:,} token chunks")
+    records = timed("generate records", lambda: bulk_records(n, c, seed=1))[0]
+    s, t_cold = timed("summarize(list of records), cold memory", lambda: summarize(records))
+    del s
+    s, t_mem = timed("summarize(list of records), again", lambda: summarize(records))
+    print(f"  -> completed={s['completed']:,} mean_itl_ms={s['mean_itl_ms']:.4f} "
+          f"p99_ttft_ms={s['p99_ttft_ms']:.3f} output_throughput={s['output_throughput']:.1f} "
+          f"adapters={len(s.per_adapter)}")
+    path = os.path.join(args.dir, f"twinbench-scale-{os.getpid()}.jsonl")
+
+    if args.memory_only:
+        return
+
+    def write(recs: list) -> None:
+        with RunWriter(path, {"label": "scale"}, flush_every_s=1.0) as w:
+            for r in recs:
+                w.emit(r)
+
+    try:
+        timed("write run file", lambda: write(records))
+        print(f"  -> {os.path.getsize(path) / 2**20:,.0f} MiB on disk")
+        records.clear()
+        s2, t_disk = timed("summarize(run file) via columnar reader",
+                           lambda: summarize(load_path(path)))
+        same = all(s2[k] == s[k] for k in ("mean_itl_ms", "p99_ttft_ms", "completed",
+                                            "max_output_tokens_per_s"))
+        print(f"  -> figures identical to the in-memory summary: {same}")
+    finally:
+        if not args.keep and os.path.exists(path):
+            os.remove(path)
+    print(f"RESULT in-memory {t_cold:.2f} s cold / {t_mem:.2f} s again, from disk {t_disk:.2f} s, "
+          f"peak RSS {rss_peak_mib():.0f} MiB (target < 10 s each)")
+
+
+if __name__ == "__main__":
+    main()
