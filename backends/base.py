@@ -3,6 +3,10 @@
 A backend consumes the timed request stream and emits exactly one `RequestRecord` per trace
 request into `sink` as each finishes (also those never sent or never finished). The real
 backend dispatches on the wall clock; the twin runs in simulated time.
+
+A backend may also define `prepare(trace, options)`: synchronous pre-run checks (server
+reachable, adapters present, lengths fit) that `replay_to_file` calls before it opens the run
+file, so that a user error leaves no file behind.
 """
 from __future__ import annotations
 

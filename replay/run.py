@@ -114,6 +114,9 @@ def replay_to_file(trace: Trace, backend: Backend, options: ReplayOptions, out: 
     Returns (RunInfo, "complete" | "interrupted", sink). The file is closed with a footer
     in every case, including Ctrl-C and backend crashes.
     """
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:  # pre-run checks first: a user error leaves no run file behind
+        prepare(trace, options)
     origin_unix = time.time()
     origin_perf = time.perf_counter()
     header = header_for(trace, backend, options, label, origin_unix, origin_perf)
@@ -136,10 +139,14 @@ def replay_to_file(trace: Trace, backend: Backend, options: ReplayOptions, out: 
     return info, status, sink
 
 
-def _finish(trace, sink, writer, options, info, status, reason) -> None:
+def _finish(trace: Trace, sink: RunSink, writer: RunWriter, options: ReplayOptions,
+            info: RunInfo | None, status: str, reason: str | None) -> None:
     missing = fill_missing(trace, sink, "cancelled" if status != "complete" else "unfinished",
                            options)
-    footer = {"missing_filled": missing}
+    # a wall-clock backend moves the origin to the moment dispatch really started; the
+    # header holds the file-open time, so the footer states the origin the records use
+    footer = {"missing_filled": missing, "origin_unix_s": sink.origin_unix_s,
+              "origin_perf_counter_s": sink.origin_perf_counter_s}
     if info is not None:
         # quantile sketches (sketch mode) summarise the whole run: they belong in the footer
         sketches = info.extra.pop("sketches", None)
