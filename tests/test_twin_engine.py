@@ -251,3 +251,40 @@ def test_prefix_caching_skips_shared_prefill_and_modes_agree():
     assert sorted(map(key, on.records)) == sorted(map(key, step.records))
     ttft = lambda res: np.mean([r.first_token_s - r.arrival_s for r in res.records])
     assert ttft(on) < ttft(off)
+
+
+def test_records_built_after_the_run_equal_records_streamed_as_they_finish():
+    # in memory, exact records are built after the run from one table of step times; streamed
+    # (emit) ones are built one by one as requests finish: same records, in the same order,
+    # including preempted requests (split token runs) and unfinished ones at the horizon
+    tr = make_trace(5, 200, 4, 10.0, 800, 300)
+    cfg = ServerConfig(max_num_seqs=32, max_loras=2, max_lora_rank=32, max_model_len=1024,
+                       num_gpu_blocks=120)
+    kept = simulate(tr, cfg, PROFILE, horizon_s=40.0)
+    streamed = []
+    simulate(tr, cfg, PROFILE, horizon_s=40.0, emit=streamed.append)
+    assert kept.stats["preemptions"] > 0
+    assert {r.status for r in kept.records} >= {"ok", "unfinished"}
+    assert [key(r) for r in kept.records] == [key(r) for r in streamed]
+
+
+@given(b=st.integers(1, 300), kv0=st.integers(0, 10**6), n_adapters=st.integers(0, 8),
+       rank_sum=st.integers(0, 256), running=st.integers(1, 300), waiting=st.integers(0, 50),
+       gap_ms=st.integers(0, 3000), max_steps=st.integers(1, 5000))
+@settings(max_examples=200, deadline=None)
+def test_decode_segment_ends_equal_stepping_one_by_one(b, kv0, n_adapters, rank_sum, running,
+                                                        waiting, gap_ms, max_steps):
+    from twinbench.twin.steptime import StepModel
+
+    model = StepModel.from_profile(PROFILE)
+    start, limit = 10**9, 10**9 + gap_ms * 10**6
+    ends = [int(t) for t in model.decode_segment_ends(start, limit, max_steps, b, kv0,
+                                                      n_adapters, rank_sum, running, waiting)]
+    # reference: step by step; step k >= 1 starts at the end of step k-1, at most at `limit`
+    expect, t = [], start
+    for k in range(max_steps):
+        if k and t > limit:
+            break
+        t += model.step_ns(b, kv0 + b * k, 0, 0, n_adapters, rank_sum, running, waiting)
+        expect.append(t)
+    assert ends == expect

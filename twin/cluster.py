@@ -19,7 +19,7 @@ from twinbench.traces.core import Trace
 from twinbench.twin.config import ServerConfig
 from twinbench.twin.profile import Profile
 from twinbench.twin.simulate import (FOREVER_NS, SimResult, _Collector, _emit_plain, _RowIds,
-                                     engine_for, run_info)
+                                     engine_for, finish_records, run_info)
 
 ROUTERS = ("round-robin", "least-outstanding", "adapter-affinity")
 
@@ -100,6 +100,7 @@ def simulate_cluster(trace: Trace, configs: list[ServerConfig], profile: Profile
     for j in range(n_disp, len(order)):
         _emit_plain(collectors[0], trace, int(order[j]), "cancelled",
                     "not dispatched (after --duration)")
+    finish_records(shared)
     sketches: dict = {}
     per_stats, per_info = [], []
     for k, (eng, col) in enumerate(zip(engines, collectors)):

@@ -7,9 +7,9 @@ connectors or encoders) is used by both modes:
 - step mode: every engine step runs `_schedule()` and `_update()` (the reference);
 - coalesced mode: when a step is known to repeat — every running request decoding, nothing
   admitted, preempted or finished in the last step, no new arrival — the following steps differ
-  only by one more KV token per sequence, so `_segment()` advances them all at once: durations
-  from `StepModel.decode_segment_ns` (integer, vectorised), up to the first finish, arrival,
-  KV exhaustion or time limit. Same integers as stepping, hence identical records.
+  only by one more KV token per sequence, so `_segment()` advances them all at once: end times
+  from `StepModel.decode_segment_ends` (integer), up to the first finish, arrival, KV
+  exhaustion or time limit. Same integers as stepping, hence identical records.
 
 `Engine` is also the incremental API of the real-time twin server: `submit`, `advance`,
 `next_event_ns`, `abort`.
@@ -32,6 +32,7 @@ from twinbench.twin.steptime import StepModel
 from twinbench.twin.waiting import WaitingQueue
 
 WAITING, RUNNING, PREEMPTED, FINISHED, ABORTED = 0, 1, 2, 3, 4
+SEGMENT_MAX_STEPS = 4096  # steps advanced at once at most (bounds the arrays of one segment)
 
 
 @dataclass
@@ -89,12 +90,14 @@ class Req:
 
 
 class StepTable:
-    """End time (ns) of every step, indexed by global step number; keeps only the live window."""
+    """End time (ns) of every step, indexed by global step number; keeps only the live window,
+    or every step when `keep_all` (records built after the run slice it)."""
 
     def __init__(self, capacity: int = 4096):
         self.buf = np.zeros(capacity, dtype=np.int64)
         self.base = 0   # step number of buf[0]
         self.size = 0   # steps stored (base .. base + size - 1)
+        self.keep_all = False
 
     def reserve(self, n: int, min_live: Callable[[], int]) -> None:
         if self.size + n <= len(self.buf):
@@ -102,7 +105,7 @@ class StepTable:
         self._grow(n, min_live)
 
     def _grow(self, n: int, min_live: Callable[[], int]) -> None:
-        live_from = min(min_live(), self.base + self.size)
+        live_from = self.base if self.keep_all else min(min_live(), self.base + self.size)
         drop = live_from - self.base
         keep = self.size - drop
         cap = len(self.buf)
@@ -116,9 +119,12 @@ class StepTable:
         self.buf[self.size] = t
         self.size += 1
 
-    def extend(self, times: np.ndarray) -> None:
+    def extend(self, times) -> None:
         n = len(times)
-        self.buf[self.size:self.size + n] = times
+        if n == 1:  # a one-step segment: NumPy's slice assignment from a list costs more
+            self.buf[self.size] = times[0]
+        else:
+            self.buf[self.size:self.size + n] = times
         self.size += n
 
     def at(self, step: int) -> int:
@@ -127,6 +133,10 @@ class StepTable:
     def slice(self, start: int, n: int) -> np.ndarray:
         i = start - self.base
         return self.buf[i:i + n]
+
+    def stored(self) -> np.ndarray:
+        """The steps kept, from step `base` on."""
+        return self.buf[:self.size]
 
 
 class Engine:
@@ -184,6 +194,8 @@ class Engine:
         self.on_finish: Callable[[Req], None] | None = None
         self.outstanding = 0  # submitted and not finished (kept by routers)
         self.run_adapters: dict[int, int] = {}  # adapter -> running requests using it
+        # (sorted run_adapters, their rank sum), reset when an adapter enters or leaves
+        self._sorted_adapters: tuple[list[int], int] | None = None
         # coalesced mode: aggregates over lazy (implicitly decoding) requests
         self.n_lazy = 0
         self.sum_c = 0
@@ -211,7 +223,9 @@ class Engine:
         a = -1
         r_rank = 0
         if adapter is not None:
-            a = self._adapter(adapter, rank if rank is not None else self.config.max_lora_rank)
+            a = self.adapter_index.get(adapter)  # known adapter: skip the registration call
+            if a is None:
+                a = self._adapter(adapter, rank if rank is not None else self.config.max_lora_rank)
             r_rank = self.adapter_ranks[a]
         target = min(int(output_tokens), self.max_model_len - int(prompt_tokens))
         visible = int(arrival_ns) + self.model.input_ns
@@ -349,6 +363,7 @@ class Engine:
         full_check = self.rules.full_prompt_kv_check
         max_len = self.max_model_len
         run_adapters = self.run_adapters
+        caching = pool.caching
         admitted = 0
         while token_budget > 0 and waiting:
             if len(running) >= max_seqs:
@@ -359,7 +374,12 @@ class Engine:
             if req is None:
                 break
             num_tokens = req.prompt + req.output
-            hit_tokens, hit = pool.lookup(req, num_tokens)
+            if caching:
+                hit_tokens, hit = pool.lookup(req, num_tokens)
+                hit_blocks = pool.hit_blocks(hit)
+                evictable = pool.evictable(hit)
+            else:  # no prefix cache: no hits (saves the pool calls on every admission)
+                hit_tokens, hit, hit_blocks, evictable = 0, None, 0, 0
             n = num_tokens - hit_tokens
             if 0 < thr < n:
                 n = thr
@@ -369,11 +389,10 @@ class Engine:
                 n = token_budget
             # allocate_slots(full_sequence_must_fit=scheduler_reserve_full_isl)
             if full_check:
-                full_need = -(-min(num_tokens, max_len) // bs) - pool.hit_blocks(hit) \
-                    + pool.evictable(hit)
+                full_need = -(-min(num_tokens, max_len) // bs) - hit_blocks + evictable
                 if full_need > pool.free:
                     break
-            need = -(-(hit_tokens + n) // bs) - pool.hit_blocks(hit) + pool.evictable(hit)
+            need = -(-(hit_tokens + n) // bs) - hit_blocks + evictable
             if need > pool.free:
                 break
             waiting.pop(req)
@@ -381,7 +400,7 @@ class Engine:
             req.status = RUNNING
             req.computed = hit_tokens
             pool.admit(req, hit, -(-(hit_tokens + n) // bs))
-            if pool.caching:
+            if caching:
                 pool.commit(req, hit_tokens + n)
             scheduled.append((req, n))
             token_budget -= n
@@ -390,7 +409,10 @@ class Engine:
             if a >= 0:
                 if lora:
                     loras.add(a)
-                run_adapters[a] = run_adapters.get(a, 0) + 1
+                c = run_adapters.get(a, 0)
+                run_adapters[a] = c + 1
+                if not c:
+                    self._sorted_adapters = None
         return admitted
 
     def _preempt(self, req: Req) -> None:
@@ -411,6 +433,16 @@ class Engine:
                 self.run_adapters[a] = c
             else:
                 del self.run_adapters[a]
+                self._sorted_adapters = None
+
+    def _running_adapter_list(self) -> tuple[list[int], int]:
+        """(running adapters in index order, sum of their ranks); cached because the set
+        changes far less often than steps are priced."""
+        cached = self._sorted_adapters
+        if cached is None:
+            adapters = sorted(self.run_adapters)
+            cached = self._sorted_adapters = (adapters, sum(self.adapter_ranks[a] for a in adapters))
+        return cached
 
     def _price(self, items, decode: int, kv: int) -> tuple[int, int, list[int], int, int]:
         """(duration ns, load ns, adapters, prefill tokens, decode seqs) of a step whose
@@ -427,15 +459,16 @@ class Engine:
                 pairs += n * c + n * (n + 1) // 2
         # vLLM activates the batch's adapters in set order; the twin uses index order
         if self._all_scheduled:
-            adapters = sorted(self.run_adapters)
-        elif self._step_adapters is not None:
-            adapters = self._step_adapters
+            adapters, rank_sum = self._running_adapter_list()
         else:
-            adapters = sorted({r.adapter for r, _ in items if r.adapter >= 0})
+            if self._step_adapters is not None:
+                adapters = self._step_adapters
+            else:
+                adapters = sorted({r.adapter for r, _ in items if r.adapter >= 0})
+            rank_sum = 0
+            for a in adapters:
+                rank_sum += self.adapter_ranks[a]
         load = self.caches.use(adapters) if adapters else 0
-        rank_sum = 0
-        for a in adapters:
-            rank_sum += self.adapter_ranks[a]
         dur = self.model.step_ns(decode, kv, prefill, pairs, len(adapters), rank_sum,
                                  len(self.running), len(self.waiting)) + load
         return dur, load, adapters, prefill, decode
@@ -607,10 +640,10 @@ class Engine:
 
     def _pop_finishers(self, step: int) -> list[Req]:
         """Lazy requests whose last token is sampled in `step` (materialized)."""
-        out = []
         heap = self.finish_heap
         if not heap or heap[0][0] > step:
-            return out  # the common case: nobody finishes in this step
+            return []  # the common case: nobody finishes in this step
+        out = []
         while True:
             f = self._next_finish()
             if f is None or f != step:
@@ -694,10 +727,10 @@ class Engine:
                 pool.grow(req, more)
             if pool.caching:
                 pool.commit(req, req.computed + n)
-        loras = set(self.run_adapters) if cfg.enable_lora else set()
         n_pre = len(items)
         admitted = 0
         if demand < budget and self.waiting:
+            loras = set(self.run_adapters) if cfg.enable_lora else set()
             admitted = self._admit_waiting(budget - demand, thr, loras, items)
         if not items and not self.n_lazy:
             return False  # nothing scheduled
@@ -757,30 +790,31 @@ class Engine:
                 if r.lazy or id(r) in chunk]
 
     def _segment(self, until_ns: int) -> int:
-        """Advance identical pure-decode steps at once; returns how many (0: take one step)."""
+        """Advance identical pure-decode steps at once; returns how many (0: take one step).
+
+        A single step is a segment too: cheaper than `_fast_step` when nothing can be
+        admitted (the next arrival often comes within one step)."""
         if self.prefilling or not self.n_lazy:
             return 0
         step0 = self.step
         f = self._next_finish()
         r_min = f - step0 + 1  # the finishing step ends the segment
-        if r_min < 2:
+        if r_min < 1:
             return 0
-        adapters = sorted(self.run_adapters)
+        adapters, rank_sum = self._running_adapter_list()
         if adapters and not self.caches.all_resident(adapters):
             return 0
         b = self.n_lazy
-        rank_sum = sum(self.adapter_ranks[a] for a in adapters)
-        n = min(r_min, 4096)
-        durs = self.model.decode_segment_ns(n, b, self.sum_c + b * (step0 + 1), len(adapters),
-                                            rank_sum, len(self.running), len(self.waiting))
-        ends = self.now_ns + np.cumsum(durs)
-        # step k >= 1 starts at ends[k-1]; it must start before the next arrival is visible
-        # and no later than `until_ns`.
+        # step k >= 1 starts at the end of step k-1; it must start before the next arrival is
+        # visible and no later than `until_ns`.
         limit = until_ns
         nxt = self.next_arrival_ns()
         if nxt is not None and nxt - 1 < limit:
             limit = nxt - 1
-        n = min(n, 1 + int(np.searchsorted(ends[:n - 1], limit, side="right")))
+        ends = self.model.decode_segment_ends(self.now_ns, limit, min(r_min, SEGMENT_MAX_STEPS),
+                                              b, self.sum_c + b * (step0 + 1), len(adapters),
+                                              rank_sum, len(self.running), len(self.waiting))
+        n = len(ends)
         # KV: every step must find its blocks; no block is freed within a segment, so the
         # total over the segment must fit in what is free now.
         free = self.pool.free
@@ -793,7 +827,8 @@ class Engine:
                 else:
                     hi = mid
             n = lo
-        if n < 2:
+            ends = ends[:n]
+        if n < 1:
             return 0
         self.pool.take(self._blocks_for(step0, n))
         self.table.reserve(n, self._min_live_step)
@@ -802,7 +837,7 @@ class Engine:
             self.caches.use(adapters)
         if self.step_log is not None or self.emit_tokens:
             self._segment_details(step0, n, ends, adapters)
-        self.now_ns = int(ends[n - 1])
+        self.now_ns = int(ends[-1])
         self.step = step0 + n
         finished = self._pop_finishers(step0 + n - 1)
         self.stats["steps"] += n
@@ -810,7 +845,8 @@ class Engine:
         self.stats["segments"] += 1
         if finished:
             self._finish(finished)
-            self.stable = False
+        # nothing was admissible before the segment and nothing but KV (less free) changed
+        self.stable = not finished
         return n
 
     def _blocks_for(self, step0: int, n: int) -> int:

@@ -30,7 +30,13 @@ class SimResult:
 
 
 class _Collector:
-    """Turns finished engine requests into records (exact token times or sketches)."""
+    """Turns finished engine requests into records (exact token times or sketches).
+
+    With exact token times and no `emit`, building records is deferred to `finish_records()`:
+    a finished request only leaves a tuple, the engine keeps its whole step table, and each
+    record's `chunk_times` is a slice of one table of step end times in seconds, divided once
+    for the run (the per-record arrays and NumPy calls dominated the cost of a record).
+    """
 
     def __init__(self, trace: Trace, engine: Engine, order_ids: list, token_timestamps: str,
                  warmup_requests: int, replica: int | None, emit: Callable | None):
@@ -47,6 +53,9 @@ class _Collector:
         self.itl_buffers: dict[str, list[np.ndarray]] = {}
         self.itl_buffered = 0
         self.sketches: dict[str, Any] = {}
+        self.deferred = self.exact and emit is None
+        if self.deferred:
+            engine.table.keep_all = True
 
     def token_times_ns(self, req: Req) -> np.ndarray:
         table = self.engine.table
@@ -59,6 +68,19 @@ class _Collector:
         return times + self.out_ns if self.out_ns else times
 
     def __call__(self, req: Req, error: str | None = None, status: str | None = None) -> None:
+        if error is not None:
+            status_, out = "error", 0
+        else:
+            status_ = status or ("ok" if req.output >= req.target else "unfinished")
+            out = req.output
+        if self.deferred:
+            # a placeholder in finish order, replaced by its record in finish_records()
+            # (a plain tuple: a NamedTuple's constructor costs as much as the rest of the call)
+            runs = req.old_runs and req.token_runs()
+            self.records.append(_PENDING + (self, req.key, req.prompt, req.requested, out,
+                                            status_, error, req.run_start,
+                                            req.run_len if out else 0, runs))
+            return
         i = req.key
         trace = self.trace
         a = int(trace.adapter_idx[i])
@@ -81,11 +103,6 @@ class _Collector:
                 first, last = f / 1e9, l / 1e9
                 if len(gaps):
                     self._add_itl(self.names[a] if a >= 0 else BASE_KEY, gaps)
-        if error is not None:
-            status_, out = "error", 0
-        else:
-            status_ = status or ("ok" if req.output >= req.target else "unfinished")
-            out = req.output
         rec = RequestRecord(
             id=self.ids[i], adapter=self.names[a] if a >= 0 else None, replica=self.replica,
             warmup=i < self.warmup, arrival_s=arrival_s, client_queue_s=0.0,
@@ -96,6 +113,13 @@ class _Collector:
             self.emit(rec)
         else:
             self.records.append(rec)
+
+    def step_seconds(self) -> np.ndarray:
+        """Every step's token time in seconds (end + frontend output delay), by step number."""
+        table = self.engine.table
+        assert table.base == 0, "deferred records need the whole step table"
+        times = table.stored()
+        return (times + self.out_ns if self.out_ns else times) / 1e9
 
     def _add_itl(self, key: str, gaps_ns: np.ndarray) -> None:
         buf = self.itl_buffers.get(key)
@@ -212,6 +236,7 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
     if progress is not None:
         progress(engine.now_ns / 1e9)
     sketches = collector.finish_sketches()
+    finish_records(collector.records)
     engine.stats["gpu_loads"] = engine.caches.gpu_loads
     engine.stats["disk_loads"] = engine.caches.disk_loads
     stats = dict(engine.stats, wall_s=time.perf_counter() - t_wall, requests=len(order),
@@ -220,6 +245,48 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
         stats["prefix_hit_blocks"] = engine.pool.hits
     return SimResult(records=collector.records, info=run_info(engine, profile, mode, stats, replica),
                      stats=stats, sketches=sketches, step_log=step_log)
+
+
+_PENDING = ("pending",)
+# A finished request whose record is built after the run (deferred exact mode), in records:
+# _PENDING + (collector, row, prompt, requested, output, status, error, run_start, run_len,
+# runs), run_len 0 when no tokens, runs [(start step, n)] when preemptions split token steps.
+
+
+def finish_records(records: list) -> None:
+    """Replace every pending tuple in `records` by its RequestRecord, in place (order kept).
+
+    Token times are views into one per-collector array of step times in seconds: the same
+    float64 values `times / 1e9` gives per record, without an array and a division each."""
+    seconds: dict[int, np.ndarray] = {}
+    columns: dict[int, tuple] = {}
+    for j, p in enumerate(records):
+        if type(p) is not tuple or p[0] is not _PENDING[0]:
+            continue
+        _, col, i, prompt, requested, output, status, error, run_start, run_len, runs = p
+        key = id(col)
+        sec = seconds.get(key)
+        if sec is None:
+            sec = seconds[key] = col.step_seconds()
+            trace = col.trace
+            # whole columns as Python lists: one conversion instead of a NumPy scalar a field
+            columns[key] = (trace.arrival_s.tolist(), trace.adapter_idx.tolist())
+        arrivals, adapter_idx = columns[key]
+        a = adapter_idx[i]
+        first = last = chunk_times = None
+        if runs:
+            chunk_times = np.concatenate([sec[s:s + n] for s, n in runs])
+        elif run_len:
+            chunk_times = sec[run_start:run_start + run_len]
+        if chunk_times is not None:
+            first, last = float(chunk_times[0]), float(chunk_times[-1])
+        arrival_s = arrivals[i]
+        records[j] = RequestRecord(
+            id=col.ids[i], adapter=col.names[a] if a >= 0 else None, replica=col.replica,
+            warmup=i < col.warmup, arrival_s=arrival_s, client_queue_s=0.0,
+            sent_s=arrival_s, prompt_tokens=prompt, requested_output_tokens=requested,
+            output_tokens=output, status=status, error=error, first_token_s=first,
+            end_s=last, chunk_times=chunk_times)
 
 
 class _RowIds:

@@ -25,6 +25,7 @@ from twinbench.twin.profile import Profile
 
 _FS_PER_MS = 10**12
 _BP = 10_000
+_PYTHON_SEGMENT_MAX = 48  # segments up to this many steps: a Python loop beats NumPy's overhead
 
 
 def _fs(ms: float) -> int:
@@ -101,6 +102,41 @@ class StepModel:
         sched_ns = (self.sched_base_fs + self.sched_running_fs * running
                     + self.sched_waiting_fs * waiting) // 10**6
         return model_ns + sched_ns
+
+    def decode_segment_ends(self, start_ns: int, limit_ns: int, max_steps: int, decode_seqs: int,
+                            kv_tokens0: int, n_adapters: int, rank_sum: int, running: int,
+                            waiting: int) -> list[int] | np.ndarray:
+        """End times of consecutive pure-decode steps, the first starting at `start_ns`.
+
+        A step after the first starts when the previous one ends and must start at or before
+        `limit_ns`, so the segment stops at the first step that ends after `limit_ns` (which is
+        included), or after `max_steps`. Same integers as `step_ns` step by step.
+        """
+        fbp = self.factor_bp(n_adapters, rank_sum)
+        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
+                    + self.sched_waiting_fs * waiting) // 10**6
+        fs = self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens0
+        fs_step = self.kv_token_fs * decode_seqs
+        first_ns = (fs // 1000) * fbp // _BP // 1000 + sched_ns
+        bound = max_steps
+        if first_ns > 0 and fs_step >= 0 and fbp >= 0:
+            # durations never shrink, so at most (limit - start) // first steps end by the limit:
+            # most segments end at the next arrival after a few steps, not worth NumPy's setup
+            bound = min(bound, 1 + max(0, (limit_ns - start_ns) // first_ns))
+        if bound <= _PYTHON_SEGMENT_MAX:
+            ends = []
+            t = start_ns
+            for _ in range(bound):
+                t += (fs // 1000) * fbp // _BP // 1000 + sched_ns
+                ends.append(t)
+                if t > limit_ns:
+                    break
+                fs += fs_step
+            return ends
+        durs = self.decode_segment_ns(bound, decode_seqs, kv_tokens0, n_adapters, rank_sum,
+                                      running, waiting)
+        ends = start_ns + np.cumsum(durs)
+        return ends[:1 + int(np.searchsorted(ends[:bound - 1], limit_ns, side="right"))]
 
     def load_ns(self, rank: int, from_disk: bool) -> int:
         fs = self.cpu_to_gpu_fs + self.cpu_to_gpu_rank_fs * rank

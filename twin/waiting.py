@@ -61,6 +61,14 @@ class WaitingQueue:
                 if best is None or r.wkey < best.wkey:
                     best = r
             return best
+        if len(queues) <= len(allowed):
+            # usually few adapters wait: walk their queues rather than every allowed adapter
+            for a, q in queues.items():
+                if a == -1 or a in allowed:
+                    r = q[0]
+                    if best is None or r.wkey < best.wkey:
+                        best = r
+            return best
         q = queues.get(-1)
         if q:
             best = q[0]
