@@ -199,5 +199,5 @@ def simulate_deployment(raw, base_dir, profile, base_config, replicas: list[Repl
 
 
 def _records_of(job: TwinJob) -> list:
-    from twinbench.twin.simulate import simulate
+    from twinbench.twin.simulation import simulate
     return simulate(job.trace, job.config, job.profile, horizon_s=job.horizon_s).records

@@ -55,8 +55,7 @@ class PointResult:
 
 
 def _simulate(job: TwinJob):
-    # Import the functions from their modules: `twinbench.twin.simulate` the package attribute
-    # is shadowed by the submodule of the same name once that is imported.
+    # Functions imported from their own modules: workers import nothing they do not use.
     trace = job.trace.build() if hasattr(job.trace, "build") else job.trace
     if job.replicas:
         try:
@@ -66,7 +65,7 @@ def _simulate(job: TwinJob):
         return simulate_cluster(trace, list(job.replicas), job.profile,
                                 router=job.router or "round-robin", horizon_s=job.horizon_s,
                                 token_timestamps=job.token_timestamps)
-    from twinbench.twin.simulate import simulate
+    from twinbench.twin.simulation import simulate
     return simulate(trace, job.config, job.profile, horizon_s=job.horizon_s,
                     token_timestamps=job.token_timestamps)
 
@@ -82,7 +81,7 @@ def _independent_replicas(trace: Trace, job: TwinJob) -> _ClusterResult:
     """Round-robin over replicas that never interact (only used while the multi-replica twin
     is unavailable; equivalent to it for a round-robin router, since the bandwidth share is
     already in the profile)."""
-    from twinbench.twin.simulate import simulate
+    from twinbench.twin.simulation import simulate
 
     if job.router not in (None, "round-robin"):
         raise RuntimeError(f"router {job.router!r} needs twinbench.twin.cluster")

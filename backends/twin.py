@@ -45,7 +45,7 @@ class TwinBackend:
 
     def replay_sync(self, trace: Trace, options: ReplayOptions, sink) -> RunInfo:
         from twinbench.twin.cluster import simulate_cluster
-        from twinbench.twin.simulate import simulate
+        from twinbench.twin.simulation import simulate
 
         horizon = None
         if len(trace):

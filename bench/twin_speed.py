@@ -54,7 +54,7 @@ def main() -> int:
     from twinbench.twin.config import ServerConfig
     # import what the first simulate() call would, so that case 1 times the engine, not imports
     import twinbench.twin.cluster  # noqa: F401
-    import twinbench.twin.simulate  # noqa: F401
+    import twinbench.twin.simulation  # noqa: F401
 
     if not os.path.exists(args.trace):
         print(f"no trace at {args.trace}; pass --trace", file=sys.stderr)

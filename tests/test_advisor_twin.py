@@ -62,7 +62,7 @@ def twin_verdict(raw, n, slots, duration):
     from twinbench.reports.metrics import summarize
     from twinbench.traces.workload import generate, parse_workload
     from twinbench.twin.config import ServerConfig
-    from twinbench.twin.simulate import simulate
+    from twinbench.twin.simulation import simulate
 
     d = json.loads(json.dumps(raw))
     d["adapters"]["count"] = n

@@ -19,7 +19,7 @@ from twinbench.backends.openai import OpenAIBackend, OpenAIConfig
 from twinbench.replay.run import replay_to_file
 from twinbench.reports.runfile import read_run
 from twinbench.traces.core import Adapter, Request, Trace
-from twinbench.twin.simulate import simulate
+from twinbench.twin.simulation import simulate
 from twinbench.twin.config import ServerConfig
 
 PROFILE = "llama-3.1-8b-h100"

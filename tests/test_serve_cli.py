@@ -91,7 +91,7 @@ def test_speed_changes_wall_time_not_simulated_time(twin_server_launcher):
     import numpy as np
 
     from twinbench.traces.core import Request, Trace
-    from twinbench.twin.simulate import simulate
+    from twinbench.twin.simulation import simulate
     from twinbench.twin.config import ServerConfig
 
     base_url = twin_server_launcher("--profile", PROFILE, "--max-model-len", "4096",

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from twinbench.traces.core import Adapter, Request, Trace
-from twinbench.twin.simulate import simulate
+from twinbench.twin.simulation import simulate
 from twinbench.twin.config import ServerConfig
 
 PROFILE = "llama-3.1-8b-h100"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def simulate(*args, **kwargs):
-    from twinbench.twin.simulate import simulate as _simulate
+    from twinbench.twin.simulation import simulate as _simulate
 
     return _simulate(*args, **kwargs)
 

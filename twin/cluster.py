@@ -18,7 +18,7 @@ from twinbench.reports.records import RequestRecord
 from twinbench.traces.core import Trace
 from twinbench.twin.config import ServerConfig
 from twinbench.twin.profile import Profile
-from twinbench.twin.simulate import (FOREVER_NS, SimResult, _Collector, _emit_plain, _RowIds,
+from twinbench.twin.simulation import (FOREVER_NS, SimResult, _Collector, _emit_plain, _RowIds,
                                      engine_for, finish_records, run_info)
 
 ROUTERS = ("round-robin", "least-outstanding", "adapter-affinity")
