@@ -15,8 +15,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,21 +79,16 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TwinbenchError(f"--server-cmd: the server exited with code "
-                                     f"{self.proc.returncode} before it was ready "
-                                     f"(log: {self.log_path}): {self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        raise TwinbenchError(f"--server-cmd: no healthy /health on port {self.port} after "
-                             f"{timeout_s:g} s (log: {self.log_path})")
+        from twinbench.backends.vllm_cpu import wait_until_healthy
+
+        outcome = wait_until_healthy(self.url, self.proc, timeout_s, 0.25)
+        if outcome == "exited":
+            raise TwinbenchError(f"--server-cmd: the server exited with code "
+                                 f"{self.proc.returncode} before it was ready "
+                                 f"(log: {self.log_path}): {self.tail()}")
+        if outcome == "timeout":
+            raise TwinbenchError(f"--server-cmd: no healthy /health on port {self.port} after "
+                                 f"{timeout_s:g} s (log: {self.log_path})")
 
     def tail(self, n: int = 3) -> str:
         try:

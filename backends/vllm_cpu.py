@@ -249,6 +249,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def wait_until_healthy(base_url: str, process: subprocess.Popen, timeout_s: float,
+                       poll_s: float = 0.25) -> str:
+    """Poll `base_url/health` until it answers 200: "ok", "exited" (the process died first)
+    or "timeout". Shared by every place that starts a server and waits for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return "exited"
+        try:
+            with urllib.request.urlopen(base_url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return "ok"
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(poll_s)
+    return "timeout"
+
+
 @dataclass
 class VLLMServer:
     """One real vLLM CPU server on a free loopback port, as a context manager.
@@ -330,21 +348,15 @@ class VLLMServer:
         return "\n".join(causes[-1:] + lines[-n:])
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise VLLMEnvError(
-                    f"the vLLM server exited with code {self.process.returncode} while "
-                    f"starting; log {self.log_path}:\n{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise VLLMEnvError(f"the vLLM server was not healthy after {self.startup_timeout_s:.0f}"
-                           f" s; log {self.log_path}:\n{self._log_tail()}")
+        outcome = wait_until_healthy(self.base_url, self.process, self.startup_timeout_s, 0.5)
+        if outcome == "exited":
+            raise VLLMEnvError(
+                f"the vLLM server exited with code {self.process.returncode} while "
+                f"starting; log {self.log_path}:\n{self._log_tail()}")
+        if outcome == "timeout":
+            raise VLLMEnvError(f"the vLLM server was not healthy after "
+                               f"{self.startup_timeout_s:.0f} s; log {self.log_path}:\n"
+                               f"{self._log_tail()}")
 
     def _read_capacity(self) -> None:
         text = Path(self.log_path).read_text(errors="replace")

@@ -120,16 +120,7 @@ def write_text(path: str, text: str, force: bool, flag: str = "-o") -> None:
 def dumps_json(obj: Any) -> str:
     import json
 
-    import numpy as np
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(type(o).__name__)
+    from twinbench.reports.runfile import json_default as default
 
     def clean(o: Any) -> Any:  # JSON has no NaN / inf
         if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
