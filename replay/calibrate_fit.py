@@ -1,0 +1,292 @@
+"""Fit a profile from calibration rows (`twin.fit`, scipy), judge the fit, plot it, write it.
+
+Order: fit the decode rows alone; estimate the frontend overhead F (request handling before
+the first step plus streaming after it) as the intercept of base-model TTFT vs prompt length
+minus the fitted step intercept; turn every prefill TTFT into a step time (TTFT − F); fit all
+rows together. F becomes the profile's `frontend.input_ms`, so the twin delays each request
+by it as the server does.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from twinbench.twin.fit import fit_adapter_loads, fit_step_time
+from twinbench.twin.profile import SCHEMA_VERSION, Profile
+
+FIT_KEYS = ("step_ms", "decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
+            "adapters", "rank_sum", "lora_server")
+
+
+def predict(rows: list[dict], st: dict) -> np.ndarray:
+    """Step times (ms) the fitted `step_time` section gives the rows (scheduler terms 0)."""
+    lf = st["lora_factor"]
+    out = []
+    for r in rows:
+        model = (st["base_ms"] + st["per_decode_seq_ms"] * r["decode_seqs"]
+                 + st["per_kv_token_ms"] * r["kv_tokens"]
+                 + st["per_prefill_token_ms"] * r["prefill_tokens"]
+                 + st["per_prefill_attention_pair_ms"] * r["attention_pairs"])
+        if r["adapters"]:
+            f = lf["base"] + lf["per_adapter"] * r["adapters"] + lf["per_rank_unit"] * r["rank_sum"]
+        else:
+            f = lf["base_only_on_lora_server"] if r.get("lora_server") else 1.0
+        out.append(model * f)
+    return np.asarray(out, dtype=np.float64)
+
+
+def quality(rows: list[dict], st: dict) -> dict[str, Any]:
+    """R² and residual percentiles (absolute ms and relative %) of the fit, overall and by kind."""
+    def one(sel: list[dict]) -> dict[str, Any]:
+        y = np.array([r["step_ms"] for r in sel])
+        yhat = predict(sel, st)
+        res = yhat - y
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        rel = 100 * np.abs(res) / np.maximum(np.abs(y), 1e-9)
+        return {"rows": len(sel),
+                "r2": None if ss_tot == 0 else 1 - float(np.sum(res ** 2)) / ss_tot,
+                "abs_residual_ms": {f"p{q}": float(np.percentile(np.abs(res), q))
+                                    for q in (50, 90, 99)},
+                "rel_residual_pct": {f"p{q}": float(np.percentile(rel, q)) for q in (50, 90, 99)}}
+
+    out = {"all": one(rows)}
+    for kind in sorted({r["kind"] for r in rows}):
+        out[kind] = one([r for r in rows if r["kind"] == kind])
+    return out
+
+
+def frontend_ms(prefill: list[dict], decode_fit: dict) -> float:
+    """Intercept of base-model TTFT vs (prompt tokens, attention pairs) minus the step base."""
+    base = [r for r in prefill if not r["adapters"]]
+    if len(base) < 2:
+        return 0.0
+    y = np.array([r["ttft_ms"] for r in base])
+    X = np.column_stack([np.ones(len(base)), [r["prefill_tokens"] for r in base],
+                         [r["attention_pairs"] for r in base]]).astype(np.float64)
+    scale = np.maximum(X.max(axis=0), 1e-30)
+    coef, _ = nnls(X / scale, y)
+    intercept = float(coef[0] / scale[0])
+    return max(0.0, intercept - decode_fit["base_ms"])
+
+
+def _fit_rows(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in FIT_KEYS} for r in rows]
+
+
+def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
+            lora_server: bool) -> dict[str, Any]:
+    """Step-time, frontend and adapter-load coefficients plus the fit's quality and time."""
+    t0 = time.perf_counter()
+    fix = {"lora.base_only_on_lora_server": 1.0} if lora_server else {}
+    if not decode:
+        from twinbench.twin.fit import FitError
+        raise FitError("calibration measured no decode steps (the budget was too small or "
+                       "every request failed)")
+    base_decode = [r for r in decode if not r["adapters"]] or decode
+    dfit = fit_step_time(_fit_rows(base_decode), fix=fix)
+    f_ms = frontend_ms(prefill, dfit)
+    for r in prefill:
+        r["step_ms"] = max(1e-3, r["ttft_ms"] - f_ms)
+    rows = decode + prefill
+    st = fit_step_time(_fit_rows(rows), fix=fix)
+    report = st.pop("fit_report")
+    rel = refine_relative(rows, st, fix)
+    report["absolute_fit_quality"] = quality(rows, st)["all"]
+    report["refined"] = "relative residuals (twin.fit minimises absolute ms, which lets the " \
+                        "slowest rows dominate when steps span 10-1000 ms)"
+    adapter_load = _fit_loads(loads)
+    return {"step_time": rel, "frontend_ms": f_ms, "adapter_load": adapter_load,
+            "fit_report": report, "quality": quality(rows, rel), "rows": rows,
+            "fit_s": time.perf_counter() - t0}
+
+
+_TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
+          "per_prefill_attention_pair_ms")
+_LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
+
+
+def refine_relative(rows: list[dict], st: dict, fix: dict) -> dict:
+    """Re-fit from `twin.fit`'s solution minimising relative residuals (pred − y) / y.
+
+    Same model and bounds (coefficients >= 0); terms `twin.fit` pinned (no variation in the
+    data, or `fix`) stay pinned, so the refinement never invents a term it cannot see.
+    """
+    from scipy.optimize import least_squares
+
+    y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
+    start = [st[k] for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
+    pinned = set()
+    for j, k in enumerate(_TERMS[1:], start=1):
+        if all(r[("decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs")[j - 1]] == 0
+               for r in rows):
+            pinned.add(j)
+    has_lora = any(r["adapters"] for r in rows)
+    lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
+    if not has_lora:
+        pinned |= {lora_idx["base"], lora_idx["per_adapter"], lora_idx["per_rank_unit"]}
+    if not any(r["rank_sum"] for r in rows):
+        pinned.add(lora_idx["per_rank_unit"])
+    for name in fix:
+        if name.startswith("lora."):
+            pinned.add(lora_idx[name.split(".", 1)[1]])
+    free = [i for i in range(len(start)) if i not in pinned]
+
+    def unpack(theta: np.ndarray) -> dict:
+        vals = list(start)
+        for i, v in zip(free, theta):
+            vals[i] = float(v)
+        out = {k: vals[j] for j, k in enumerate(_TERMS)}
+        out["lora_factor"] = {k: vals[lora_idx[k]] for k in _LORA}
+        return out
+
+    scale = np.array([max(abs(start[i]), 1e-9) for i in free])
+    x0 = np.array([start[i] for i in free]) / scale
+    y = np.maximum(y, 1e-3)
+    res = least_squares(lambda th: (predict(rows, unpack(th * scale)) - y) / y, x0,
+                        bounds=(0.0, np.inf), method="trf", x_scale="jac")
+    return unpack(res.x * scale)
+
+
+def _fit_loads(loads: list[dict]) -> dict[str, float]:
+    """cpu_to_gpu from evict-then-use; disk_to_cpu from fresh names minus the cpu_to_gpu part."""
+    zero = {"disk_to_cpu_ms": 0.0, "disk_to_cpu_per_rank_ms": 0.0, "cpu_to_gpu_ms": 0.0,
+            "cpu_to_gpu_per_rank_ms": 0.0}
+    gpu = [dict(r) for r in loads if r["kind"] == "cpu_to_gpu"]
+    fresh = [dict(r) for r in loads if r["kind"] == "disk_to_cpu+cpu_to_gpu"]
+    out = dict(zero)
+    if gpu:
+        out.update(_linear_or_mean(gpu, "cpu_to_gpu"))
+    if fresh:
+        c2g = out["cpu_to_gpu_ms"]
+        rows = [{"kind": "disk_to_cpu", "rank": r["rank"],
+                 "load_ms": max(0.0, r["load_ms"] - c2g - out["cpu_to_gpu_per_rank_ms"] * r["rank"])}
+                for r in fresh]
+        out.update(_linear_or_mean(rows, "disk_to_cpu"))
+    return out
+
+
+def _linear_or_mean(rows: list[dict], kind: str) -> dict[str, float]:
+    ranks = {r["rank"] for r in rows}
+    if len(ranks) >= 2:
+        return fit_adapter_loads([{**r, "kind": kind} for r in rows])
+    return {f"{kind}_ms": float(np.median([r["load_ms"] for r in rows])),
+            f"{kind}_per_rank_ms": 0.0}
+
+
+def build_profile(name: str, target: Any, server_flags: dict[str, Any], fit: dict[str, Any],
+                  provenance: dict[str, Any]) -> Profile:
+    """A schema-1 profile of the measured server (memory facts reproduce its KV capacity)."""
+    cc = target.cache_config or {}
+    block = int(cc.get("block_size") or server_flags.get("block_size") or 16)
+    blocks = cc.get("num_gpu_blocks") or server_flags.get("num_gpu_blocks")
+    kv_bytes = _kv_bytes_per_token(cc)
+    kv_tokens = int(blocks) * block if blocks else None
+    st = fit["step_time"]
+    decode_base = [r["step_ms"] for r in fit["rows"]
+                   if r["kind"] == "decode" and r["decode_seqs"] == 1]
+    data = {
+        "schema_version": SCHEMA_VERSION, "name": name,
+        "description": f"{target.model} served by vLLM {target.version or '?'} at "
+                       f"{target.base_url}, calibrated by twinbench calibrate",
+        "model": {"name": target.model, "max_model_len": int(target.max_model_len)},
+        "defaults": {k: v for k, v in server_flags.items() if v is not None and k in
+                     ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill",
+                      "long_prefill_token_threshold", "block_size", "enable_prefix_caching",
+                      "max_loras", "max_cpu_loras", "max_lora_rank")},
+        "memory": {
+            "device": "the calibrated server (KV capacity as it reported it)",
+            "device_bytes": float((kv_tokens or 0) * kv_bytes), "gpu_memory_utilization": 1.0,
+            "weights_bytes": 0.0, "non_kv_reserve_bytes": 0.0,
+            "kv_bytes_per_token": kv_bytes, "lora_bytes_per_slot_rank": 0.0,
+            "measured_kv_tokens": kv_tokens},
+        "step_time": st,
+        "scheduler": {"base_ms": 0.0, "per_running_ms": 0.0, "per_waiting_ms": 0.0},
+        "adapter_load": fit["adapter_load"],
+        "frontend": {"input_ms": fit["frontend_ms"], "output_ms": 0.0},
+        "baseline": {"step_ms": float(np.median(decode_base)) if decode_base
+                     else float(st["base_ms"]),
+                     "first_token_ms": fit["frontend_ms"] + float(st["base_ms"]),
+                     "note": "naive baseline (twin/baseline.py): one constant step per token, "
+                             "measured median decode step of a single request"},
+        "replica_bandwidth_share": 1.0,
+        "provenance": {
+            "sources": [f"twinbench calibrate: black-box profiling plan through the real "
+                        f"backend against {target.base_url} ({target.model}, vLLM "
+                        f"{target.version or '?'})"],
+            "calibrated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "server": {"base_url": target.base_url, "vllm_version": target.version,
+                       "model": target.model, "flags": server_flags,
+                       "cache_config": {k: v for k, v in cc.items() if k in
+                                        ("block_size", "num_gpu_blocks", "kv_cache_size_tokens",
+                                         "kv_cache_memory_bytes", "enable_prefix_caching",
+                                         "gpu_memory_utilization")},
+                       "max_loras": target.max_loras, "adapters": target.adapters,
+                       "runtime_lora_loading": target.runtime_loading},
+            "fit": {"report": fit["fit_report"], "quality": fit["quality"],
+                    "frontend_ms": fit["frontend_ms"], "fit_s": fit["fit_s"]},
+            "estimates": {
+                "scheduler": "not separable black-box: scheduler time is inside the measured "
+                             "step times (base_ms), so the scheduler terms are 0",
+                "frontend.input_ms": "TTFT intercept vs prompt length minus the fitted step "
+                                     "intercept (HTTP, tokenisation, streaming)",
+                "memory": "only the KV capacity the server reported is known; device and "
+                          "weights bytes are not, so device_bytes = KV tokens x bytes/token"},
+            **provenance},
+    }
+    return Profile.from_json(data, source=None)
+
+
+def _kv_bytes_per_token(cc: dict) -> float:
+    try:
+        return float(cc["kv_cache_memory_bytes"]) / float(cc["kv_cache_size_tokens"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 1.0  # unknown: capacity is then counted in tokens directly
+
+
+def plot_fit(rows: list[dict], st: dict, path: str, title: str) -> None:
+    """Measured vs fitted step times (left) and decode step vs batch size (right)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    yhat = predict(rows, st)
+    kinds = sorted({r["kind"] for r in rows})
+    for kind in kinds:
+        idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
+        ax1.scatter([rows[i]["step_ms"] for i in idx], yhat[idx], s=14, label=kind, alpha=0.8)
+    lo = max(1e-2, min(min(r["step_ms"] for r in rows), float(yhat.min())) * 0.8)
+    hi = max(max(r["step_ms"] for r in rows), float(yhat.max())) * 1.2
+    ax1.plot([lo, hi], [lo, hi], "k--", lw=1, label="fitted = measured")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("measured step (ms)")
+    ax1.set_ylabel("fitted step (ms)")
+    ax1.set_title("Step time: measured vs fitted")
+    ax1.grid(alpha=0.3, which="both")
+    ax1.legend(fontsize=8)
+    for kind in ("decode", "lora decode"):
+        sel = [r for r in rows if r["kind"] == kind]
+        if not sel:
+            continue
+        ctx = np.array([r["kv_tokens"] / r["decode_seqs"] for r in sel])
+        ax2.scatter([r["decode_seqs"] for r in sel], [r["step_ms"] for r in sel], s=14,
+                    c=ctx, cmap="viridis", marker="o" if kind == "decode" else "^",
+                    label=f"{kind} (colour: context/seq)")
+        for b in sorted({r["decode_seqs"] for r in sel}):
+            near = [r for r in sel if r["decode_seqs"] == b]
+            ax2.plot([b], [float(np.median(predict(near, st)))], "kx")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("decoding sequences in the step (B)")
+    ax2.set_ylabel("step (ms)")
+    ax2.set_title("Decode step vs batch size (x = fitted median)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
