@@ -27,7 +27,8 @@ class RunFileError(TwinbenchError):
     """A run file that cannot be read or written; the message names the file and line."""
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """NumPy scalars and arrays as plain JSON values."""
     import numpy as np
 
     if isinstance(o, np.integer):
@@ -40,7 +41,7 @@ def _json_default(o: Any) -> Any:
 
 
 def dumps(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=_json_default)
+    return json.dumps(obj, separators=(",", ":"), default=json_default)
 
 
 class RunWriter:
