@@ -28,18 +28,21 @@ def stat_keys(metric: str, percentiles=DEFAULT_PERCENTILES) -> list[str]:
 
 
 def describe_ms(metric: str, values_s: np.ndarray, percentiles=DEFAULT_PERCENTILES,
-                owned: bool = False) -> dict[str, float | None]:
+                owned: bool = False, moments: tuple[float, float] | None = None
+                ) -> dict[str, float | None]:
     """mean/median/std/pXX of `values_s` in ms under vLLM's key names; None when empty.
 
     Bit-identical to vLLM's `np.mean(x)`, `np.median(x)`, `np.std(x)`, `np.percentile(x, p)`
     (times 1000), but every order statistic comes from one partition of one copy (`owned`:
-    partition `values_s` itself), which matters for pooled ITL of 10^8 chunks.
+    partition `values_s` itself), which matters for pooled ITL of 10^8 chunks. `moments`:
+    (mean, std) already taken by `moments()` (from the same values in their original order).
     """
     keys = stat_keys(metric, percentiles)
     v = np.asarray(values_s, dtype=np.float64)
     if v.size == 0:
         return dict.fromkeys(keys)
-    out = {keys[0]: float(np.mean(v) * 1000), keys[2]: float(_std(v) * 1000)}
+    mean, std = moments if moments is not None else _moments(v)
+    out = {keys[0]: float(mean * 1000), keys[2]: float(std * 1000)}
     median, pcts = order_statistics(v, percentiles, owned=owned)
     out[keys[1]] = float(median * 1000)
     for key, value in zip(keys[3:], pcts):
@@ -47,20 +50,42 @@ def describe_ms(metric: str, values_s: np.ndarray, percentiles=DEFAULT_PERCENTIL
     return {k: out[k] for k in keys}
 
 
-LARGE = 1 << 24  # above this many samples, std is computed in blocks (no full-size temporary)
+def _moments(v: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(v)), _std(v)
+
+
+def moments(values_s: np.ndarray) -> tuple[float, float]:
+    """(np.mean, np.std) of `values_s`, to hand to `describe_ms` when the array is going to
+    be reordered (partitioned) before it is described."""
+    return _moments(np.asarray(values_s, dtype=np.float64))
+
+
+LARGE = 1 << 20  # above this many samples, std is computed in blocks (no full-size temporary)
+PAIRWISE_LEAF = 1 << 16  # block of the blocked std: NumPy's pairwise sum is rebuilt above it
 
 
 def _std(v: np.ndarray) -> float:
-    """np.std (population); for huge arrays the same two-pass formula summed in blocks, which
-    avoids a temporary as large as the input (the last bits may differ from np.std)."""
+    """np.std (population), bit for bit. For huge arrays without np.std's temporary as large
+    as the input: NumPy sums the squared deviations pairwise (halves rounded down to a
+    multiple of 8, numpy/_core/src/umath/loops_utils.h `pairwise_sum`); the same halving is
+    done here down to blocks of PAIRWISE_LEAF, each summed by NumPy itself, so every partial
+    sum and the result are the ones np.std computes."""
     if len(v) <= LARGE:
         return float(np.std(v))
     mean = np.mean(v)
-    total = 0.0
-    for lo in range(0, len(v), LARGE):
-        d = v[lo:lo + LARGE] - mean
-        total += float(np.dot(d, d))
-    return float(np.sqrt(total / len(v)))
+    scratch = np.empty(PAIRWISE_LEAF, dtype=np.float64)
+
+    def sum_sq(x: np.ndarray) -> np.floating:
+        n = len(x)
+        if n <= PAIRWISE_LEAF:
+            d = np.subtract(x, mean, out=scratch[:n])
+            np.multiply(d, d, out=d)
+            return np.add.reduce(d)
+        half = n // 2
+        half -= half % 8
+        return sum_sq(x[:half]) + sum_sq(x[half:])
+
+    return float(np.sqrt(sum_sq(v) / len(v)))
 
 
 def order_statistics(v: np.ndarray, percentiles, owned: bool = False
@@ -80,7 +105,7 @@ def order_statistics(v: np.ndarray, percentiles, owned: bool = False
     mid = n // 2
     kth = np.unique(np.concatenate(([mid, max(mid - 1, 0)], prev, nxt)))
     part = v if owned else v.copy()
-    part.partition(kth)
+    _select_ranks(part, kth)
     median = part[mid] if n % 2 else np.mean(part[mid - 1:mid + 1])
     a, b = part[prev], part[nxt]
     gamma = virtual - np.floor(virtual)
@@ -88,6 +113,19 @@ def order_statistics(v: np.ndarray, percentiles, owned: bool = False
     lerp = a + diff * gamma
     lerp = np.where(gamma >= 0.5, b - diff * (1 - gamma), lerp)
     return float(median), [float(x) for x in lerp]
+
+
+def _select_ranks(part: np.ndarray, ranks: np.ndarray) -> None:
+    """Reorder `part` in place so that part[k] is its k-th smallest for every k in `ranks`
+    (ascending), as `part.partition(ranks)` does. Each rank is selected only among the
+    elements above the previous one: for the median and upper percentiles that is ~2.3 passes
+    over the data, where NumPy's multi-kth partition measured ~6.5 (10^8 values: 0.6 s vs
+    1.8 s). The k-th smallest value is unique, so the figures are the same."""
+    lo = 0
+    for k in ranks.tolist():
+        if k >= lo:
+            part[lo:].partition(k - lo)
+            lo = k + 1
 
 
 def describe_sketch_ms(metric: str, sketch: QuantileSketch, percentiles=DEFAULT_PERCENTILES

@@ -99,3 +99,23 @@ def test_record_json_roundtrip_keeps_exact_chunks():
     r = queue_run(1, 9)[0]
     back = RequestRecord.from_json(json.loads(json.dumps(r.to_json())))
     assert np.array_equal(back.chunk_times, r.chunk_times)
+
+
+def test_fast_reader_garbled_line_mid_batch_and_sparse_records(tmp_path):
+    # the batch parser must fall back to line by line: stop at the garbled line (partial,
+    # records before it kept), and take records that omit optional keys
+    recs = queue_run(40, 6)
+    p = write_run(tmp_path / "run.jsonl", recs)
+    lines = p.read_bytes().split(b"\n")
+    sparse = {"kind": "record", "id": 7, "arrival_s": 1, "prompt_tokens": 5,
+              "requested_output_tokens": 2}
+    lines[3] = json.dumps(sparse).encode()
+    lines[30] = b"{oops" + lines[30]
+    q = tmp_path / "garbled.jsonl"
+    q.write_bytes(b"\n".join(lines))
+    fast, slow = read_run_table(str(q)), from_run(read_run(q))
+    assert fast.partial_reason == slow.partial_reason == "line 31 is not valid JSON"
+    assert len(fast.table) == len(slow.table) == 29
+    row = list(fast.table.ids).index("7")
+    assert fast.table.status[row] == slow.table.status[row]
+    assert summarize(fast).metrics == summarize(slow).metrics

@@ -93,3 +93,17 @@ def test_sketch_weights_zeros_negatives_and_empty():
     assert np.isnan(QuantileSketch().quantile(0.5))
     with pytest.raises(ValueError):
         QuantileSketch(0.01).merge(QuantileSketch(0.005))
+
+
+def test_blocked_std_of_a_large_array_is_numpys_bit_for_bit():
+    # above LARGE the std is summed in blocks that rebuild NumPy's pairwise sum: no temporary
+    # as large as the input, and still np.std's exact value
+    from twinbench.reports.stats import LARGE, _std
+
+    rng = np.random.default_rng(4)
+    for n in (LARGE + 1, 3 * LARGE + 17):
+        v = rng.lognormal(-4, 0.7, n)
+        assert _std(v) == float(np.std(v))
+        d = describe_ms("itl", v, (50, 99))
+        assert d["std_itl_ms"] == float(np.std(v) * 1000)
+        assert d["p99_itl_ms"] == float(np.percentile(v, 99) * 1000)
