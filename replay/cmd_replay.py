@@ -19,6 +19,7 @@ DEFAULT_ADAPTERS = "zipf:1.0:32"  # used when the bundled sample is replayed as 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from twinbench.traces.cli_args import add_trace_arguments
+    from twinbench.replay.run_args import add_run_timing_arguments
     from twinbench.twin.config import add_server_arguments
 
     add_trace_arguments(parser)
@@ -39,12 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--token-timestamps", choices=("exact", "sketch"), default="exact",
                         help="exact token times (default) or quantile sketches (huge runs)")
-    parser.add_argument("--warmup", type=int, default=0, metavar="N",
-                        help="flag the first N requests as warm-up (left out of metrics)")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="stop dispatching requests that arrive after S seconds")
-    parser.add_argument("--drain-limit", type=float, default=600.0, metavar="S",
-                        help="after the last dispatched arrival wait at most S s (default 600)")
+    add_run_timing_arguments(parser)
     # parent parser flags of the server: trace args own --max-model-len (clipping); the twin
     # reads the same value, so the trace and the simulated server agree.
     add_server_arguments(parser, skip=("--max-model-len",))
@@ -56,14 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from twinbench.replay.run_args import check_run_timing_arguments
     from twinbench.traces.errors import TwinbenchError
 
-    if args.warmup < 0:
-        raise TwinbenchError(f"--warmup {args.warmup}: must be >= 0")
-    if args.duration is not None and args.duration <= 0:
-        raise TwinbenchError(f"--duration {args.duration}: must be > 0")
-    if args.drain_limit < 0:
-        raise TwinbenchError(f"--drain-limit {args.drain_limit}: must be >= 0")
+    check_run_timing_arguments(args)
     if args.replicas < 1:
         raise TwinbenchError(f"--replicas {args.replicas}: must be >= 1")
     if args.output and os.path.exists(args.output) and not args.force:
@@ -89,7 +81,7 @@ def build_backend(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from twinbench.backends.base import ReplayOptions
+    from twinbench.replay.run_args import options_from_args
     from twinbench.replay.run import replay_to_file
     from twinbench.traces.cli_args import trace_from_args
 
@@ -108,10 +100,8 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     trace = trace_from_args(args)
     backend = build_backend(args)
-    options = ReplayOptions(warmup_requests=args.warmup, duration_s=args.duration,
-                            drain_limit_s=args.drain_limit, seed=args.seed or 0,
-                            token_timestamps=args.token_timestamps, quiet=args.quiet,
-                            max_concurrency=getattr(args, "max_concurrency", None))
+    options = options_from_args(args, token_timestamps=args.token_timestamps,
+                                max_concurrency=getattr(args, "max_concurrency", None))
     out = args.output
     tmp = None
     if out is None:

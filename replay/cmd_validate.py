@@ -19,6 +19,7 @@ HELP = "replay a trace on a real server (repeated), the twin and a naive baselin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from twinbench.backends import openai_cli
     from twinbench.traces.cli_args import add_trace_arguments
+    from twinbench.replay.run_args import add_run_timing_arguments
     from twinbench.twin.config import add_server_arguments
 
     add_trace_arguments(parser, required=True)
@@ -40,12 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="served/offered token ratio below which an adapter starves (0.9)")
     parser.add_argument("--alpha", type=float, default=0.01,
                         help="Mann-Kendall significance for starvation trends (0.01)")
-    parser.add_argument("--warmup", type=int, default=0, metavar="N",
-                        help="flag the first N requests as warm-up (left out of metrics)")
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="stop dispatching requests that arrive after S seconds")
-    parser.add_argument("--drain-limit", type=float, default=600.0, metavar="S",
-                        help="after the last arrival wait at most S s (default 600)")
+    add_run_timing_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the fidelity table as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_server_arguments(parser, skip=("--max-model-len",))
@@ -54,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from twinbench.backends import openai_cli
-    from twinbench.backends.base import ReplayOptions
+    from twinbench.replay.run_args import options_from_args
     from twinbench.reports.cli_common import dumps_json, parse_window
     from twinbench.replay import validate as val
     from twinbench.replay import validate_run as vr
@@ -82,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in ServerConfig.__dataclass_fields__
              and v is not None}
     config = vr.twin_config(profile, facts, given)
-    options = ReplayOptions(warmup_requests=args.warmup, duration_s=args.duration,
-                            drain_limit_s=args.drain_limit, seed=args.seed or 0,
-                            quiet=args.quiet, max_concurrency=args.max_concurrency)
+    options = options_from_args(args, max_concurrency=args.max_concurrency)
     window = parse_window(args.measure_window) if args.measure_window else \
         (0.0, float(trace.arrival_s.max()) + 1e-6)
     if not args.quiet:

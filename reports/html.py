@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from twinbench.reports import plots
 from twinbench.reports.compare import SMAPE_DEFINITION, SMAPE_PAPER_DEFINITION, Comparison
 from twinbench.reports.metrics import Summary, definition_items
-from twinbench.reports.render_text import ADAPTER_COLUMNS, fmt, sections
+from twinbench.reports.render_text import ADAPTER_COLUMNS, fmt, is_number, sections
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
@@ -32,17 +32,6 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _numeric(c: Any) -> bool:
-    text = str(c)
-    if text == "n/a":
-        return True
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], raw_cols: set[int] = frozenset()
            ) -> str:
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
@@ -52,7 +41,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], raw_cols: set[int
             out.append(f'<tr class="section"><td colspan="{len(head)}">{html.escape(r)}</td></tr>')
             continue
         cells = "".join(
-            (f"<td>{c if i in raw_cols else html.escape(str(c))}</td>" if i == 0 or _numeric(c)
+            (f"<td>{c if i in raw_cols else html.escape(str(c))}</td>" if i == 0 or is_number(str(c))
              else f'<td class="l">{c if i in raw_cols else html.escape(str(c))}</td>')
             for i, c in enumerate(r))
         out.append(f"<tr>{cells}</tr>")

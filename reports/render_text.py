@@ -130,7 +130,7 @@ def _grid(head: list[str], rows: list[list[str]], markdown: bool) -> str:
         out += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(out)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    numeric = [all(_is_number(r[i]) for r in rows) for i in range(len(head))]
+    numeric = [all(is_number(r[i]) for r in rows) for i in range(len(head))]
 
     def line(r: list[str]) -> str:
         return "  ".join(f"{x:>{w}}" if num and i else f"{x:<{w}}"
@@ -138,7 +138,8 @@ def _grid(head: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a table cell holds a number (or n/a): such columns align right."""
     if text == "n/a":
         return True
     try:
