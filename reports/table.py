@@ -8,9 +8,10 @@ from exact arrays or from twin step segments. Latencies that a source gives exac
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import is_not
+from operator import attrgetter, is_not
 from typing import Sequence
 
 import numpy as np
@@ -180,23 +181,14 @@ class TableBuilder:
         self.segments.append(segments if chunk_t is None else None)
 
     def add_records(self, records: Sequence[RequestRecord]) -> None:
-        """Bulk path: one list comprehension per field, no per-record call."""
+        """Bulk path: one C-level `map` per field, no per-record Python call."""
         r = self.rows
-        r["id"] += [x.id for x in records]
-        r["adapter"] += [x.adapter for x in records]
-        r["warmup"] += [x.warmup for x in records]
-        r["status"] += [x.status for x in records]
-        r["arrival_s"] += [x.arrival_s for x in records]
+        for key in _ROW_FIELDS:
+            if key != "client_queue_s":
+                r[key] += map(attrgetter(key), records)
         r["client_queue_s"] += [x.client_queue_s or 0.0 for x in records]
-        r["sent_s"] += [x.sent_s for x in records]
-        r["first_token_s"] += [x.first_token_s for x in records]
-        r["end_s"] += [x.end_s for x in records]
-        r["prompt_tokens"] += [x.prompt_tokens for x in records]
-        r["requested_output_tokens"] += [x.requested_output_tokens for x in records]
-        r["output_tokens"] += [x.output_tokens for x in records]
-        r["error"] += [x.error for x in records]
-        self.chunk_t += [x.chunk_times for x in records]
-        self.chunk_n += [x.chunk_tokens for x in records]
+        self.chunk_t += map(attrgetter("chunk_times"), records)
+        self.chunk_n += map(attrgetter("chunk_tokens"), records)
         self.segments += [x.segments if x.chunk_times is None else None for x in records]
 
     def build(self, sketch_mode: bool = False) -> RequestTable:
@@ -217,13 +209,18 @@ class TableBuilder:
             a = np.array(values, dtype=dtype).reshape(n)
             return a if order is None else a[order]
 
+        # a plain-int list: iterating the int64 array would make a NumPy scalar per row
+        order_list = None if order is None else order.tolist()
+
         def lst(values: list) -> list:
-            return values if order is None else [values[i] for i in order]
+            return values if order_list is None else list(map(values.__getitem__, order_list))
 
         if order is not None:
             adapter_idx = adapter_idx[order]
         status_of = {s: k for k, s in enumerate(STATUSES)}
-        status = arr([status_of.get(s, 1) for s in r["status"]], np.int8)  # unknown -> error
+        status = np.fromiter(map(status_of.get, r["status"], repeat(1)), dtype=np.int8,
+                             count=n)  # unknown -> error
+        status = status if order is None else status[order]
         counts, chunk_t, chunk_n, kinds = _chunks(lst(self.chunk_t), lst(self.chunk_n),
                                                   lst(self.segments))
         chunk_start = np.zeros(n + 1, dtype=np.int64)
@@ -251,7 +248,7 @@ class TableBuilder:
         else:
             timing = "sketch" if sketch_mode else "none"
         ids = np.empty(n, dtype=object)
-        ids[:] = [x if isinstance(x, str) else str(x) for x in r["id"]]
+        ids[:] = list(map(str, r["id"]))  # str(x) is x itself for a str
         return RequestTable(
             ids=ids if order is None else ids[order], adapter_idx=adapter_idx, adapters=names,
             warmup=arr(r["warmup"], bool), status=status,
@@ -272,7 +269,7 @@ def _chunks(ct: list, cn: list, seg: list
     if n and not any(map(is_not, seg, repeat(None))) and all(map(is_not, ct, repeat(None))):
         # the common case (real backend, every request streamed): no per-row work at all
         counts = np.fromiter(map(len, ct), dtype=np.int64, count=n)
-        flat_t = np.concatenate(ct).astype(np.float64, copy=False)
+        flat_t = _join(ct, counts)
         if not any(map(is_not, cn, repeat(None))):
             return counts, flat_t, None, {"exact"}
         flat_n = np.concatenate([np.ones(len(t), np.int32) if k is None else k
@@ -324,6 +321,39 @@ def _chunks(ct: list, cn: list, seg: list
         return counts, t, None, kinds
     kk[seg_mask], kk[~seg_mask] = seg_n, ex_n
     return counts, t, kk, kinds
+
+
+def _join(arrays: list, counts: np.ndarray) -> np.ndarray:
+    """`np.concatenate(arrays)` as float64, filled slice by slice into one preallocated buffer,
+    so that buffer can be prefaulted (for 1M arrays of 100 the copy itself also measured
+    0.6-0.7 s against 0.9-1.3 s for `np.concatenate` on warm memory)."""
+    ends = np.cumsum(counts)
+    out = _prefaulted_float64(int(ends[-1]) if len(ends) else 0)
+    start = 0
+    for a, end in zip(arrays, ends.tolist()):
+        out[start:end] = a
+        start = end
+    return out
+
+
+_PREFAULT_MIN_BYTES = 64 << 20
+
+
+def _prefaulted_float64(size: int) -> np.ndarray:
+    """An uninitialised float64 array; a big one is mapped with its pages faulted in by one
+    system call (Linux MAP_POPULATE). Touching fresh memory page by page costs seconds per GiB
+    of system time on lazily backed VMs: for the 800 MB chunk buffer of 1M records x 100
+    chunks, the table build went from 5.7 s to 3.0 s CPU. The mapping is released with the
+    array (so a repeated build pays the ~0.4 s populate again instead of reusing heap memory).
+    Elsewhere this is just `np.empty`."""
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if populate is None or size * 8 < _PREFAULT_MIN_BYTES:
+        return np.empty(size, dtype=np.float64)
+    try:
+        buf = mmap.mmap(-1, size * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except OSError:
+        return np.empty(size, dtype=np.float64)
+    return np.frombuffer(buf, dtype=np.float64)
 
 
 def table_from_records(records: Sequence[RequestRecord], sketch_mode: bool = False
