@@ -27,6 +27,8 @@ class AdapterCaches:
         self._last: list[int] | None = None  # the last step's adapters, all resident after it
 
     def all_resident(self, adapters) -> bool:
+        if adapters == self._last:
+            return True  # the last step's adapters are all resident after it (see use())
         return all(map(self.gpu.__contains__, adapters))  # (map: no generator frame per call)
 
     def use(self, adapters) -> int:

@@ -227,12 +227,18 @@ class Engine:
             if a is None:
                 a = self._adapter(adapter, rank if rank is not None else self.config.max_lora_rank)
             r_rank = self.adapter_ranks[a]
-        target = min(int(output_tokens), self.max_model_len - int(prompt_tokens))
-        visible = int(arrival_ns) + self.model.input_ns
+        prompt_tokens, output_tokens, arrival_ns = int(prompt_tokens), int(output_tokens), \
+            int(arrival_ns)
+        target = self.max_model_len - prompt_tokens  # min(), without the builtin call
+        if output_tokens < target:
+            target = output_tokens
+        visible = arrival_ns + self.model.input_ns
+        pool = self.pool
+        # without a prefix cache there are no keys: skip the call
+        prefix = pool.prefix_keys(prefix_blocks, prompt_tokens, self.prefix_block_tokens, a,
+                                  request_id) if pool.caching else None
         req = Req(key if key is not None else request_id, request_id, a, r_rank,
-                  int(prompt_tokens), target, int(output_tokens), int(arrival_ns), visible,
-                  self.pool.prefix_keys(prefix_blocks, int(prompt_tokens),
-                                        self.prefix_block_tokens, a, request_id))
+                  prompt_tokens, target, output_tokens, arrival_ns, visible, prefix)
         self.by_id[request_id] = req
         item = (visible, self._seq, req)
         self._seq += 1
@@ -399,9 +405,12 @@ class Engine:
             running.append(req)
             req.status = RUNNING
             req.computed = hit_tokens
-            pool.admit(req, hit, -(-(hit_tokens + n) // bs))
             if caching:
+                pool.admit(req, hit, -(-(hit_tokens + n) // bs))
                 pool.commit(req, hit_tokens + n)
+            else:  # CountingPool.admit, inlined (once per admission)
+                pool.free -= need
+                req.blocks = need
             scheduled.append((req, n))
             token_budget -= n
             admitted += 1
@@ -548,9 +557,17 @@ class Engine:
             # freed blocks matters to the prefix cache's eviction order
             where = {id(r): i for i, r in enumerate(self.running)}
             finished.sort(key=lambda r: where[id(r)])
+        run_adapters = self.run_adapters
         for req in finished:
             req.status = FINISHED
-            self._drop_adapter(req)
+            a = req.adapter  # _drop_adapter, inlined
+            if a >= 0:
+                c = run_adapters[a] - 1
+                if c:
+                    run_adapters[a] = c
+                else:
+                    del run_adapters[a]
+                    self._sorted_adapters = None
         if len(finished) <= 4:
             for req in finished:
                 self.running.remove(req)
@@ -658,7 +675,11 @@ class Engine:
         False when nothing could be scheduled."""
         cfg, pool, bs = self.config, self.pool, self.bs
         step = self.step
-        thr = self._threshold()
+        # _threshold(), inlined: this runs about once per arrival
+        thr = cfg.long_prefill_token_threshold
+        if thr and self.rules.long_prefill_cap_only_if_contended \
+                and len(self.running) + len(self.waiting) <= 1:
+            thr = 0
         max_len = self.max_model_len
         pre = self.prefilling
         running = self.running
@@ -754,7 +775,8 @@ class Engine:
                     o = req.output + step - req.base + 1
                     self.events.append(TokenEvent(req.rid, end + out_ns, 1, o == 1,
                                                   o >= req.target))
-        finished = self._pop_finishers(step)
+        heap = self.finish_heap  # nobody finishes in most steps: skip the call then
+        finished = self._pop_finishers(step) if heap and heap[0][0] <= step else []
         still = []
         became_lazy = []
         for req, n in items:
@@ -763,7 +785,7 @@ class Engine:
                 still.append(req)
             elif self._token(req, step, end):
                 finished.append(req)
-            elif self._is_decoding(req):
+            elif req.computed == req.prompt + req.output - 1:  # _is_decoding (output >= 1 here)
                 became_lazy.append(req)
             else:
                 still.append(req)
@@ -808,9 +830,9 @@ class Engine:
         # step k >= 1 starts at the end of step k-1; it must start before the next arrival is
         # visible and no later than `until_ns`.
         limit = until_ns
-        nxt = self.next_arrival_ns()
-        if nxt is not None and nxt - 1 < limit:
-            limit = nxt - 1
+        pos = self._incoming_pos  # next_arrival_ns(), inlined
+        if pos < len(self.incoming) and self.incoming[pos][0] - 1 < limit:
+            limit = self.incoming[pos][0] - 1
         ends = self.model.decode_segment_ends(self.now_ns, limit, min(r_min, SEGMENT_MAX_STEPS),
                                               b, self.sum_c + b * (step0 + 1), len(adapters),
                                               rank_sum, len(self.running), len(self.waiting))
@@ -818,7 +840,8 @@ class Engine:
         # KV: every step must find its blocks; no block is freed within a segment, so the
         # total over the segment must fit in what is free now.
         free = self.pool.free
-        if self._blocks_for(step0, n) > free:
+        blocks = self._blocks_for(step0, n)
+        if blocks > free:
             lo, hi = 0, n
             while hi - lo > 1:
                 mid = (lo + hi) // 2
@@ -828,9 +851,10 @@ class Engine:
                     hi = mid
             n = lo
             ends = ends[:n]
+            blocks = self._blocks_for(step0, n)
         if n < 1:
             return 0
-        self.pool.take(self._blocks_for(step0, n))
+        self.pool.take(blocks)
         self.table.reserve(n, self._min_live_step)
         self.table.extend(ends[:n])
         if adapters:
@@ -839,7 +863,8 @@ class Engine:
             self._segment_details(step0, n, ends, adapters)
         self.now_ns = int(ends[-1])
         self.step = step0 + n
-        finished = self._pop_finishers(step0 + n - 1)
+        last = step0 + n - 1  # most segments end at an arrival, not at a finish
+        finished = self._pop_finishers(last) if self.finish_heap[0][0] <= last else []
         self.stats["steps"] += n
         self.stats["events"] += 1
         self.stats["segments"] += 1

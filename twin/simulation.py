@@ -260,6 +260,7 @@ def finish_records(records: list) -> None:
     float64 values `times / 1e9` gives per record, without an array and a division each."""
     seconds: dict[int, np.ndarray] = {}
     columns: dict[int, tuple] = {}
+    seconds_list: dict[int, list] = {}  # the same floats as Python objects: no NumPy scalars
     for j, p in enumerate(records):
         if type(p) is not tuple or p[0] is not _PENDING[0]:
             continue
@@ -268,21 +269,25 @@ def finish_records(records: list) -> None:
         sec = seconds.get(key)
         if sec is None:
             sec = seconds[key] = col.step_seconds()
+            seconds_list[key] = sec.tolist()
             trace = col.trace
             # whole columns as Python lists: one conversion instead of a NumPy scalar a field
-            columns[key] = (trace.arrival_s.tolist(), trace.adapter_idx.tolist())
-        arrivals, adapter_idx = columns[key]
+            columns[key] = (trace.arrival_s.tolist(), trace.adapter_idx.tolist(),
+                            type(col.ids) is _RowIds)
+        arrivals, adapter_idx, row_ids = columns[key]
         a = adapter_idx[i]
         first = last = chunk_times = None
         if runs:
             chunk_times = np.concatenate([sec[s:s + n] for s, n in runs])
+            first, last = float(chunk_times[0]), float(chunk_times[-1])
         elif run_len:
             chunk_times = sec[run_start:run_start + run_len]
-        if chunk_times is not None:
-            first, last = float(chunk_times[0]), float(chunk_times[-1])
+            sl = seconds_list[key]
+            first, last = sl[run_start], sl[run_start + run_len - 1]
         arrival_s = arrivals[i]
         records[j] = RequestRecord(
-            id=col.ids[i], adapter=col.names[a] if a >= 0 else None, replica=col.replica,
+            id=str(i) if row_ids else col.ids[i],  # default ids: no _RowIds call
+            adapter=col.names[a] if a >= 0 else None, replica=col.replica,
             warmup=i < col.warmup, arrival_s=arrival_s, client_queue_s=0.0,
             sent_s=arrival_s, prompt_tokens=prompt, requested_output_tokens=requested,
             output_tokens=output, status=status, error=error, first_token_s=first,
