@@ -31,8 +31,11 @@ from dataclasses import replace
 
 import numpy as np
 
-AZURE = "/work/shared/traces/azure_llm_2023"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the full public traces live beside the checkout (not bundled); override with TWINBENCH_TRACES
+AZURE = os.path.join(os.environ.get("TWINBENCH_TRACES",
+                                    os.path.join(REPO, "..", "shared", "traces")),
+                     "azure_llm_2023")
 TARGETS = {"output_throughput": 3.0, "median_itl_ms": 5.0, "median_ttft_ms": 10.0,
            "p99_ttft_ms": 20.0}
 ADAPTERS = [f"lora-{i}" for i in range(8)]
@@ -216,7 +219,6 @@ def main() -> int:
         return retwin(args)
 
     from twinbench.backends.vllm_cpu import tiny_server
-    from twinbench.twin.config import ServerConfig
     from twinbench.twin.profile import Profile
 
     os.makedirs(args.out, exist_ok=True)

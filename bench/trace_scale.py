@@ -5,7 +5,7 @@ subprocess so its peak memory (ru_maxrss, minus the interpreter's baseline) is i
     python bench/trace_scale.py [--requests N] [--formats npz,csv,jsonl]
 
 Prints wall time and peak RSS per step, and whether the loaded trace equals the saved one.
-Targets (issue 2): each step < 5 s and < 200 MB peak.
+Targets: each step < 5 s and < 200 MB peak.
 """
 from __future__ import annotations
 

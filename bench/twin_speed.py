@@ -22,7 +22,11 @@ import time
 
 import numpy as np
 
-AZURE = "/work/shared/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+# the full public Azure trace lives beside the checkout (not bundled); override with --trace
+# or TWINBENCH_TRACES
+AZURE = os.path.join(os.environ.get("TWINBENCH_TRACES", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "traces")),
+    "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv")
 
 
 def rss_mb() -> float:
