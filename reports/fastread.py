@@ -214,6 +214,17 @@ def _column(recs: list[dict], key: str, convert: Callable | None = None,
 _REQUIRED = object()
 
 
+
+def _decode_arrays(payloads: list[str], dtype: str) -> list[np.ndarray]:
+    """Decode many base64 arrays at once; each result is a view of one shared buffer.
+
+    Little-endian is the native byte order here, so the views need no copy."""
+    data, nbytes = decode_b64_many(payloads)
+    item = np.dtype(dtype)
+    flat = np.frombuffer(data, dtype=dtype).astype(item.newbyteorder("="), copy=False)
+    bounds = np.concatenate(([0], np.cumsum(nbytes // item.itemsize)))
+    return [flat[bounds[k]:bounds[k + 1]] for k in range(len(payloads))]
+
 def _add_batch(builder: TableBuilder, recs: list[dict]) -> None:
     """Append a batch of record dicts as columns; chunk arrays decoded all at once."""
     if not recs:
@@ -234,19 +245,12 @@ def _add_batch(builder: TableBuilder, recs: list[dict]) -> None:
     times: list[np.ndarray | None] = [None] * len(recs)
     tokens: list[np.ndarray | None] = [None] * len(recs)
     if with_t:
-        data, nbytes = decode_b64_many([chunks[i]["t"] for i in with_t])
-        # little-endian float64 is the native type here: views of the one buffer, no copy
-        flat = np.frombuffer(data, dtype="<f8").astype(np.float64, copy=False)
-        bounds = np.concatenate(([0], np.cumsum(nbytes // 8)))
-        for k, i in enumerate(with_t):
-            times[i] = flat[bounds[k]:bounds[k + 1]]
+        for i, a in zip(with_t, _decode_arrays([chunks[i]["t"] for i in with_t], "<f8")):
+            times[i] = a
         with_n = [i for i in with_t if chunks[i].get("n") is not None]
         if with_n:
-            data, nbytes = decode_b64_many([chunks[i]["n"] for i in with_n])
-            flat_n = np.frombuffer(data, dtype="<i4").astype(np.int32, copy=False)
-            bounds = np.concatenate(([0], np.cumsum(nbytes // 4)))
-            for k, i in enumerate(with_n):
-                tokens[i] = flat_n[bounds[k]:bounds[k + 1]]
+            for i, a in zip(with_n, _decode_arrays([chunks[i]["n"] for i in with_n], "<i4")):
+                tokens[i] = a
     builder.chunk_t += times
     builder.chunk_n += tokens
     if len(with_t) == len(recs):  # every record has exact chunks: no segments to look at
