@@ -41,7 +41,9 @@ def build_parser(modules: list[ModuleType]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinbench",
         description="Replay multi-LoRA request streams against a real server or a vLLM twin.")
-    parser.add_argument("--version", action="version", version="twinbench 0.1.0")
+    from twinbench.traces.version import TOOL_VERSION
+
+    parser.add_argument("--version", action="version", version=f"twinbench {TOOL_VERSION}")
     tops = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for mod in modules:

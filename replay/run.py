@@ -16,8 +16,8 @@ from twinbench.backends.base import Backend, ReplayOptions, RunInfo
 from twinbench.reports.records import RequestRecord
 from twinbench.reports.runfile import ListSink, RunWriter
 from twinbench.traces.core import Trace
+from twinbench.traces.version import TOOL_VERSION
 
-TOOL_VERSION = "0.1.0"
 
 
 class RunSink:
@@ -30,13 +30,11 @@ class RunSink:
         self.origin_unix_s = origin_unix_s
         self.stop = asyncio.Event()  # set on SIGINT/SIGTERM: stop dispatching, drain briefly
         self.seen: set[str] = set()
-        self.counts = {"ok": 0, "error": 0, "timeout": 0, "cancelled": 0, "unfinished": 0}
 
     def emit(self, record: RequestRecord) -> None:
         if record.id in self.seen:  # a backend bug must not create a second record
             return
         self.seen.add(record.id)
-        self.counts[record.status] = self.counts.get(record.status, 0) + 1
         self.target.emit(record)
 
     def sample(self, t: float, metrics: dict) -> None:

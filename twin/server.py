@@ -25,8 +25,8 @@ from twinbench.twin.server_metrics import ServerMetrics
 from twinbench.twin.server_requests import (CompletionAsk, RequestError, parse_completion,
                                             parse_tokenize)
 from twinbench.twin.server_sim import RealtimeTwin, RequestRefused, SimRequest
+from twinbench.traces.version import TOOL_VERSION
 
-TOOL_VERSION = "0.1.0"
 TOKEN_TEXT = " x"  # the twin generates no language: every token is this text
 
 

@@ -161,7 +161,7 @@ def engine_for(trace: Trace, config: ServerConfig, profile: Profile, mode: str,
 
 
 def run_info(engine: Engine, profile: Profile, mode: str, stats: dict, replica=None) -> RunInfo:
-    from twinbench.replay.run import TOOL_VERSION
+    from twinbench.traces.version import TOOL_VERSION
 
     server = engine.config.to_dict()
     server.update(max_model_len=engine.max_model_len, num_gpu_blocks=engine.num_gpu_blocks,
