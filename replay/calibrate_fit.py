@@ -19,7 +19,7 @@ from twinbench.twin.fit import fit_adapter_loads, fit_step_time
 from twinbench.twin.profile import SCHEMA_VERSION, Profile
 
 FIT_KEYS = ("step_ms", "decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
-            "adapters", "rank_sum", "lora_server")
+            "lora_prefill_tokens", "adapters", "rank_sum", "lora_server")
 
 
 def predict(rows: list[dict], st: dict) -> np.ndarray:
@@ -35,7 +35,8 @@ def predict(rows: list[dict], st: dict) -> np.ndarray:
             f = lf["base"] + lf["per_adapter"] * r["adapters"] + lf["per_rank_unit"] * r["rank_sum"]
         else:
             f = lf["base_only_on_lora_server"] if r.get("lora_server") else 1.0
-        out.append(model * f)
+        out.append(model * f + st.get("per_lora_prefill_token_ms", 0.0)
+                   * r.get("lora_prefill_tokens", 0))
     return np.asarray(out, dtype=np.float64)
 
 
@@ -74,7 +75,18 @@ def frontend_ms(prefill: list[dict], decode_fit: dict) -> float:
 
 
 def _fit_rows(rows: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in FIT_KEYS} for r in rows]
+    return [{k: r.get(k, 0) for k in FIT_KEYS} for r in rows]
+
+
+def kind_weights(rows: list[dict]) -> np.ndarray:
+    """One weight per row so that each kind of row (decode, prefill, LoRA decode, LoRA
+    prefill) weighs the same in total: a plan yields hundreds of decode segments but a dozen
+    prefill points, and the prefill ones decide TTFT."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    w = np.array([1.0 / counts[r["kind"]] for r in rows])
+    return w * len(rows) / w.sum()
 
 
 def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
@@ -92,12 +104,14 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
     for r in prefill:
         r["step_ms"] = max(1e-3, r["ttft_ms"] - f_ms)
     rows = decode + prefill
-    st = fit_step_time(_fit_rows(rows), fix=fix)
+    weights = kind_weights(rows)
+    st = fit_step_time(_fit_rows(rows), fix=fix, weights=weights)
     report = st.pop("fit_report")
-    rel = refine_relative(rows, st, fix)
+    rel = refine_relative(rows, st, fix, weights)
     report["absolute_fit_quality"] = quality(rows, st)["all"]
     report["refined"] = "relative residuals (twin.fit minimises absolute ms, which lets the " \
-                        "slowest rows dominate when steps span 10-1000 ms)"
+                        "slowest rows dominate when steps span 10-1000 ms); each kind of row " \
+                        "weighs the same in total"
     adapter_load = _fit_loads(loads)
     return {"step_time": rel, "frontend_ms": f_ms, "adapter_load": adapter_load,
             "fit_report": report, "quality": quality(rows, rel), "rows": rows,
@@ -105,11 +119,14 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
 
 
 _TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
-          "per_prefill_attention_pair_ms")
+          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms")
+_TERM_COLUMNS = ("decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
+                 "lora_prefill_tokens")
 _LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
 
 
-def refine_relative(rows: list[dict], st: dict, fix: dict) -> dict:
+def refine_relative(rows: list[dict], st: dict, fix: dict,
+                    weights: np.ndarray | None = None) -> dict:
     """Re-fit from `twin.fit`'s solution minimising relative residuals (pred − y) / y.
 
     Same model and bounds (coefficients >= 0); terms `twin.fit` pinned (no variation in the
@@ -118,11 +135,10 @@ def refine_relative(rows: list[dict], st: dict, fix: dict) -> dict:
     from scipy.optimize import least_squares
 
     y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
-    start = [st[k] for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
+    start = [st.get(k, 0.0) for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
     pinned = set()
-    for j, k in enumerate(_TERMS[1:], start=1):
-        if all(r[("decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs")[j - 1]] == 0
-               for r in rows):
+    for j, column in enumerate(_TERM_COLUMNS, start=1):
+        if all(r.get(column, 0) == 0 for r in rows):
             pinned.add(j)
     has_lora = any(r["adapters"] for r in rows)
     lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
@@ -146,7 +162,8 @@ def refine_relative(rows: list[dict], st: dict, fix: dict) -> dict:
     scale = np.array([max(abs(start[i]), 1e-9) for i in free])
     x0 = np.array([start[i] for i in free]) / scale
     y = np.maximum(y, 1e-3)
-    res = least_squares(lambda th: (predict(rows, unpack(th * scale)) - y) / y, x0,
+    sqrt_w = np.ones(len(rows)) if weights is None else np.sqrt(np.asarray(weights, float))
+    res = least_squares(lambda th: sqrt_w * (predict(rows, unpack(th * scale)) - y) / y, x0,
                         bounds=(0.0, np.inf), method="trf", x_scale="jac")
     return unpack(res.x * scale)
 

@@ -20,6 +20,7 @@ FACTS = PlanFacts(max_num_seqs=16, max_num_batched_tokens=2048, max_model_len=10
 # the "true" server the synthetic measurements come from
 TRUE = {"base_ms": 6.0, "per_decode_seq_ms": 0.25, "per_kv_token_ms": 0.002,
         "per_prefill_token_ms": 0.08, "per_prefill_attention_pair_ms": 2e-5,
+        "per_lora_prefill_token_ms": 0.05,
         "lora_factor": {"base": 1.6, "per_adapter": 0.2, "per_rank_unit": 0.01,
                         "base_only_on_lora_server": 1.0}}
 FRONTEND_MS = 4.0
@@ -73,7 +74,8 @@ def _records(point: PlanPoint, steps_ms: np.ndarray, ttft_ms: float) -> list[Req
 
 def _step_ms(b: int, kv: int, p: int, pairs: int, n_ad: int, ranks: int) -> float:
     rows = [{"decode_seqs": b, "kv_tokens": kv, "prefill_tokens": p, "attention_pairs": pairs,
-             "adapters": n_ad, "rank_sum": ranks, "lora_server": True}]
+             "lora_prefill_tokens": p if n_ad else 0, "adapters": n_ad, "rank_sum": ranks,
+             "lora_server": True}]
     return float(predict(rows, TRUE)[0])
 
 
@@ -117,6 +119,13 @@ def test_fit_recovers_known_step_model_and_frontend():
               "attention_pairs": 100 * 101 // 2, "adapters": 0, "rank_sum": 0,
               "lora_server": True}]
     assert predict(probe, fit["step_time"]) == pytest.approx(predict(probe, TRUE), rel=0.02)
+    # LoRA prefill has its own per-token term (the factor alone cannot fit it)
+    assert fit["step_time"]["per_lora_prefill_token_ms"] == pytest.approx(0.05, rel=0.05)
+    lora_prefill = [{"decode_seqs": 0, "kv_tokens": 0, "prefill_tokens": 700,
+                     "attention_pairs": 700 * 701 // 2, "lora_prefill_tokens": 700,
+                     "adapters": 1, "rank_sum": 8, "lora_server": True}]
+    assert predict(lora_prefill, fit["step_time"]) == pytest.approx(
+        predict(lora_prefill, TRUE), rel=0.02)
     assert fit["adapter_load"]["cpu_to_gpu_ms"] == pytest.approx(2.0)
     assert fit["adapter_load"]["cpu_to_gpu_per_rank_ms"] == pytest.approx(0.125)
 

@@ -116,6 +116,31 @@ def test_fit_recovers_step_coefficients():
     assert p.name == "fitted" and p.section("step_time")["base_ms"] == fit["base_ms"]
 
 
+def test_lora_prefill_term_is_priced_per_adapter_prefill_token():
+    prof = Profile.load("llama-3.1-8b-h100")
+    st = dict(prof.section("step_time"), per_lora_prefill_token_ms=0.5)
+    without = StepModel.from_profile(prof)
+    with_term = StepModel.from_profile(prof.with_changes(step_time=st, name="t"))
+    args = (4, 4000, 300, 300 * 301 // 2, 1, 8, 5, 0)
+    # 200 of the 300 prefill tokens belong to adapter requests: +0.5 ms each
+    assert with_term.step_ns(*args, lora_prefill_tokens=200) \
+        - without.step_ns(*args, lora_prefill_tokens=200) == 100_000_000
+    assert with_term.step_ns(*args) == without.step_ns(*args)  # pure base prefill: no change
+
+
+def test_weighted_fit_follows_the_heavier_rows():
+    rows = [{"step_ms": 10.0, "decode_seqs": 1, "kv_tokens": 10}] * 50 \
+        + [{"step_ms": 20.0, "decode_seqs": 1, "kv_tokens": 10}] * 5
+    def predicted(fit):
+        return fit["base_ms"] + fit["per_decode_seq_ms"] + 10 * fit["per_kv_token_ms"]
+
+    assert predicted(fit_step_time(rows)) == pytest.approx(600 / 55, rel=1e-3)  # the mean
+    w = [1.0] * 50 + [10.0] * 5   # both groups weigh the same in total
+    assert predicted(fit_step_time(rows, weights=w)) == pytest.approx(15.0, rel=1e-3)
+    with pytest.raises(FitError, match="weights"):
+        fit_step_time(rows, weights=[1.0])
+
+
 def test_fit_scheduler_and_loads_non_negative():
     rows = [{"sched_ms": 0.4 + 0.003 * r, "running": r, "waiting": 0} for r in range(50)]
     s = fit_scheduler(rows)

@@ -2,15 +2,19 @@
 
     model   = base + per_decode_seq·B + per_kv_token·K + per_prefill_token·P
               + per_prefill_attention_pair·A                                  (femtoseconds)
+    lora_p  = per_lora_prefill_token·Pl                                         (femtoseconds)
     factor  = lora.base + lora.per_adapter·L + lora.per_rank_unit·R   if L ≥ 1 adapters
             = lora.base_only_on_lora_server                           if L = 0, LoRA enabled
             = 1                                                        if LoRA disabled
-    step_ns = (model // 1000) · factor_bp // 10⁴ // 1000
+    step_ns = (model // 1000) · factor_bp // 10⁴ // 1000 + lora_p // 10⁶
               + (sched.base + sched.per_running·running + sched.per_waiting·waiting) // 10⁶
               + adapter load ns
 
 B = decoding sequences, K = their context tokens (KV read), P = prefill tokens, A = causal
-(query, key) pairs of the prefill chunks, L / R = distinct adapters / sum of their ranks.
+(query, key) pairs of the prefill chunks, Pl = the prefill tokens of requests that use an
+adapter, L / R = distinct adapters / sum of their ranks. The LoRA prefill term is separate
+from the factor because adapters slow prefill and decode by different ratios (on the vLLM CPU
+build the LoRA kernels cost ~2.5x per prefill token but ~1.9x per decode step).
 Coefficients are rounded once to integers (femtoseconds, factor in 1/10⁴), so a step's
 duration is the same integer whether computed alone or for a whole segment at once with NumPy
 (`decode_segment_ns`): the coalesced and step-by-step modes agree bit for bit.
@@ -39,6 +43,7 @@ class StepModel:
     kv_token_fs: int
     prefill_token_fs: int
     attention_pair_fs: int
+    lora_prefill_token_fs: int
     lora_base_bp: int
     lora_adapter_bp: int
     lora_rank_bp: int
@@ -63,6 +68,7 @@ class StepModel:
             base_fs=_fs(st["base_ms"]), decode_seq_fs=_fs(st["per_decode_seq_ms"]),
             kv_token_fs=_fs(st["per_kv_token_ms"]), prefill_token_fs=_fs(st["per_prefill_token_ms"]),
             attention_pair_fs=_fs(st["per_prefill_attention_pair_ms"]),
+            lora_prefill_token_fs=_fs(st.get("per_lora_prefill_token_ms", 0.0)),
             lora_base_bp=int(round(lf["base"] * _BP)), lora_adapter_bp=int(round(lf["per_adapter"] * _BP)),
             lora_rank_bp=int(round(lf["per_rank_unit"] * _BP)),
             base_only_bp=int(round(lf["base_only_on_lora_server"] * _BP)),
@@ -81,11 +87,14 @@ class StepModel:
         return self.base_only_bp if self.lora_enabled else _BP
 
     def step_ns(self, decode_seqs: int, kv_tokens: int, prefill_tokens: int, attention_pairs: int,
-                n_adapters: int, rank_sum: int, running: int, waiting: int) -> int:
+                n_adapters: int, rank_sum: int, running: int, waiting: int,
+                lora_prefill_tokens: int = 0) -> int:
         """One step's duration without adapter loads."""
         model_fs = (self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens
                     + self.prefill_token_fs * prefill_tokens + self.attention_pair_fs * attention_pairs)
         model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
+        if lora_prefill_tokens:
+            model_ns += self.lora_prefill_token_fs * lora_prefill_tokens // 10**6
         sched_ns = (self.sched_base_fs + self.sched_running_fs * running
                     + self.sched_waiting_fs * waiting) // 10**6
         return model_ns + sched_ns
