@@ -122,6 +122,8 @@ async def load_adapter(session: aiohttp.ClientSession, base_url: str, headers: d
             detail = error_text(resp.status, await resp.read())
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise _unreachable(base_url, e) from None
+    if resp.status == 400 and "already been loaded" in detail:
+        return  # registered by an earlier run (vLLM's wording); what we wanted holds
     hint = " (start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)" if resp.status == 404 \
         and "not found" in detail.lower() and "lora" not in detail.lower() else ""
     raise TwinbenchError(f"--load-adapters {name}={path}: the server refused to load it: "

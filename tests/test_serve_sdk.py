@@ -11,6 +11,7 @@ import json
 import urllib.error
 import urllib.request
 
+import aiohttp
 import numpy as np
 import openai
 import pytest
@@ -176,6 +177,13 @@ def test_runtime_adapter_loading(base_url, tmp_path):
     status, body = post(base_url + "/v1/load_lora_adapter",
                         {"lora_name": "a9", "lora_path": str(folder)})
     assert status == 400  # already loaded
+    # ...which the backend's loader takes as done (a run after one that registered it)
+    from twinbench.backends.openai_probe import load_adapter
+
+    async def load_again():
+        async with aiohttp.ClientSession() as session:
+            await load_adapter(session, base_url, {}, "a9", str(folder))
+    asyncio.run(load_again())
     status, body = post(base_url + "/v1/completions",
                         {"model": "a9", "prompt": [1, 2, 3], "max_tokens": 2})
     assert status == 200 and body["usage"]["completion_tokens"] == 2
