@@ -393,8 +393,7 @@ def decode_rows(result: PointResult, ranks: dict[str, int], lora_server: bool) -
                 "kind": "lora decode" if names else "decode", "point": p.note, "repeat": rep,
                 "step_ms": step_ms, "decode_seqs": p.concurrency,
                 "kv_tokens": int(round(p.concurrency * (p.prompt_tokens + kmid + 1))),
-                "prefill_tokens": 0, "attention_pairs": 0, "lora_prefill_tokens": 0,
-                "adapters": len(names),
+                "prefill_tokens": 0, "attention_pairs": 0, "adapters": len(names),
                 "rank_sum": sum(ranks.get(a, 0) for a in names), "lora_server": lora_server})
     return rows
 
@@ -417,7 +416,6 @@ def prefill_rows(result: PointResult, ranks: dict[str, int], lora_server: bool,
              "ttft_ms": float(np.median(ttfts)), "ttft_all_ms": [float(x) for x in ttfts],
              "decode_seqs": 0, "kv_tokens": 0, "prefill_tokens": p.prompt_tokens,
              "attention_pairs": p.prompt_tokens * (p.prompt_tokens + 1) // 2,
-             "lora_prefill_tokens": p.prompt_tokens if names else 0,
              "adapters": len(names), "rank_sum": sum(ranks.get(a, 0) for a in names),
              "lora_server": lora_server}]
 

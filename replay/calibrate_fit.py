@@ -19,7 +19,7 @@ from twinbench.twin.fit import fit_adapter_loads, fit_step_time
 from twinbench.twin.profile import SCHEMA_VERSION, Profile
 
 FIT_KEYS = ("step_ms", "decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
-            "lora_prefill_tokens", "adapters", "rank_sum", "lora_server")
+            "adapters", "rank_sum", "lora_server")
 
 
 def predict(rows: list[dict], st: dict) -> np.ndarray:
@@ -35,8 +35,11 @@ def predict(rows: list[dict], st: dict) -> np.ndarray:
             f = lf["base"] + lf["per_adapter"] * r["adapters"] + lf["per_rank_unit"] * r["rank_sum"]
         else:
             f = lf["base_only_on_lora_server"] if r.get("lora_server") else 1.0
-        out.append(model * f + st.get("per_lora_prefill_token_ms", 0.0)
-                   * r.get("lora_prefill_tokens", 0))
+        model = model * f
+        if r["adapters"]:
+            model += st.get("per_lora_step_ms", 0.0) \
+                + st.get("per_lora_prefill_token_ms", 0.0) * r["prefill_tokens"]
+        out.append(model)
     return np.asarray(out, dtype=np.float64)
 
 
@@ -119,9 +122,9 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
 
 
 _TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
-          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms")
+          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms", "per_lora_step_ms")
 _TERM_COLUMNS = ("decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
-                 "lora_prefill_tokens")
+                 "lora_prefill_tokens", "adapters")  # LoRA terms: rows with adapters
 _LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
 
 
@@ -138,7 +141,11 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     start = [st.get(k, 0.0) for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
     pinned = set()
     for j, column in enumerate(_TERM_COLUMNS, start=1):
-        if all(r.get(column, 0) == 0 for r in rows):
+        if column == "lora_prefill_tokens":
+            unseen = all(r["prefill_tokens"] == 0 or not r["adapters"] for r in rows)
+        else:
+            unseen = all(r.get(column, 0) == 0 for r in rows)
+        if unseen:
             pinned.add(j)
     has_lora = any(r["adapters"] for r in rows)
     lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
@@ -159,7 +166,18 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
         out["lora_factor"] = {k: vals[lora_idx[k]] for k in _LORA}
         return out
 
-    scale = np.array([max(abs(start[i]), 1e-9) for i in free])
+    # parameter scales: at least a term's typical size, so a start at 0 is not frozen there
+    typical = [float(np.mean(y)) * 1e-2]
+    for column in _TERM_COLUMNS:
+        if column == "lora_prefill_tokens":
+            peak = max([r["prefill_tokens"] for r in rows if r["adapters"]] or [0])
+        elif column == "adapters":
+            peak = 1.0
+        else:
+            peak = max(r.get(column, 0) for r in rows)
+        typical.append(float(np.mean(y)) * 1e-2 / max(float(peak), 1e-30))
+    typical += [0.01] * len(_LORA)
+    scale = np.array([max(abs(start[i]), typical[i]) for i in free])
     x0 = np.array([start[i] for i in free]) / scale
     y = np.maximum(y, 1e-3)
     sqrt_w = np.ones(len(rows)) if weights is None else np.sqrt(np.asarray(weights, float))

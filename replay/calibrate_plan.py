@@ -116,15 +116,19 @@ def build_plan(f: PlanFacts) -> list[PlanPoint]:
                 seen_ranks.add(rank)
                 points.append(PlanPoint("lora", b_lora, short_p, 96, adapters=(name,),
                                         priority=1, note=f"decode with one rank-{rank} adapter"))
-        for b in (1, batches[-1]):
+        # small batches too: the LoRA cost is not one ratio of the base step (a fixed part
+        # dominates at 1-4 sequences on the CPU build)
+        for b in sorted({1, 2, 4, batches[-1]} & set(range(1, f.max_num_seqs + 1))):
             if b != b_lora:
                 points.append(PlanPoint("lora", b, short_p, 96, adapters=(names[0],),
-                                        priority=2, note="LoRA decode vs batch size"))
+                                        priority=1 if b in (1, 4) else 2,
+                                        note="LoRA decode vs batch size"))
         points.append(PlanPoint("lora", min(4, f.max_num_seqs), long_p, out_long // 2,
                                 adapters=tuple(names[:k]), priority=2,
                                 note="LoRA decode vs context"))
+        # a mixed batch: base requests pay the LoRA cost too when an adapter is active
         points.append(PlanPoint("lora", min(8, f.max_num_seqs), short_p, 96,
-                                adapters=(None, names[0]), priority=2,
+                                adapters=(None, names[0]), priority=1,
                                 note="base and adapter requests in one batch"))
         for p in lengths[::2] + [lengths[-1]]:
             points.append(PlanPoint("lora", 1, p, 2, adapters=(names[0],), repeats=3,

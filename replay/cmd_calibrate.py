@@ -161,7 +161,8 @@ def _report(profile, fit, profiling_s, out, plot_path) -> str:
     lines.append(f"step = {st['base_ms']:.3f} + {st['per_decode_seq_ms']:.4f}·B + "
                  f"{st['per_kv_token_ms']:.2e}·K + {st['per_prefill_token_ms']:.4f}·P + "
                  f"{st['per_prefill_attention_pair_ms']:.2e}·A ms; LoRA prefill "
-                 f"+{st.get('per_lora_prefill_token_ms', 0.0):.4f}·Pl ms; LoRA factor "
+                 f"+{st.get('per_lora_step_ms', 0.0):.3f} +{st.get('per_lora_prefill_token_ms', 0.0):.4f}·P "
+                 f"ms with adapters; LoRA factor "
                  f"{lf['base']:.3f} + {lf['per_adapter']:.3f}·L + {lf['per_rank_unit']:.4f}·R; "
                  f"frontend {fit['frontend_ms']:.2f} ms")
     al = fit["adapter_load"]

@@ -74,8 +74,7 @@ def _records(point: PlanPoint, steps_ms: np.ndarray, ttft_ms: float) -> list[Req
 
 def _step_ms(b: int, kv: int, p: int, pairs: int, n_ad: int, ranks: int) -> float:
     rows = [{"decode_seqs": b, "kv_tokens": kv, "prefill_tokens": p, "attention_pairs": pairs,
-             "lora_prefill_tokens": p if n_ad else 0, "adapters": n_ad, "rank_sum": ranks,
-             "lora_server": True}]
+             "adapters": n_ad, "rank_sum": ranks, "lora_server": True}]
     return float(predict(rows, TRUE)[0])
 
 
@@ -122,7 +121,7 @@ def test_fit_recovers_known_step_model_and_frontend():
     # LoRA prefill has its own per-token term (the factor alone cannot fit it)
     assert fit["step_time"]["per_lora_prefill_token_ms"] == pytest.approx(0.05, rel=0.05)
     lora_prefill = [{"decode_seqs": 0, "kv_tokens": 0, "prefill_tokens": 700,
-                     "attention_pairs": 700 * 701 // 2, "lora_prefill_tokens": 700,
+                     "attention_pairs": 700 * 701 // 2,
                      "adapters": 1, "rank_sum": 8, "lora_server": True}]
     assert predict(lora_prefill, fit["step_time"]) == pytest.approx(
         predict(lora_prefill, TRUE), rel=0.02)

@@ -116,16 +116,18 @@ def test_fit_recovers_step_coefficients():
     assert p.name == "fitted" and p.section("step_time")["base_ms"] == fit["base_ms"]
 
 
-def test_lora_prefill_term_is_priced_per_adapter_prefill_token():
+def test_lora_prefill_term_prices_every_prefill_token_of_a_lora_step():
     prof = Profile.load("llama-3.1-8b-h100")
     st = dict(prof.section("step_time"), per_lora_prefill_token_ms=0.5)
     without = StepModel.from_profile(prof)
     with_term = StepModel.from_profile(prof.with_changes(step_time=st, name="t"))
-    args = (4, 4000, 300, 300 * 301 // 2, 1, 8, 5, 0)
-    # 200 of the 300 prefill tokens belong to adapter requests: +0.5 ms each
-    assert with_term.step_ns(*args, lora_prefill_tokens=200) \
-        - without.step_ns(*args, lora_prefill_tokens=200) == 100_000_000
-    assert with_term.step_ns(*args) == without.step_ns(*args)  # pure base prefill: no change
+    lora_step = (4, 4000, 300, 300 * 301 // 2, 1, 8, 5, 0)   # one adapter active
+    base_step = (4, 4000, 300, 300 * 301 // 2, 0, 0, 5, 0)
+    # all 300 prefill tokens pay +0.5 ms (vLLM's CPU LoRA ops gather weights for every token)
+    assert with_term.step_ns(*lora_step) - without.step_ns(*lora_step) == 150_000_000
+    assert with_term.step_ns(*base_step) == without.step_ns(*base_step)
+    decode_only = (4, 4000, 0, 0, 1, 8, 5, 0)
+    assert with_term.step_ns(*decode_only) == without.step_ns(*decode_only)
 
 
 def test_weighted_fit_follows_the_heavier_rows():

@@ -457,7 +457,7 @@ class Engine:
         """(duration ns, load ns, adapters, prefill tokens, decode seqs) of a step whose
         explicitly scheduled `items` are (request, tokens) and whose lazy decodes add
         `decode` sequences reading `kv` tokens."""
-        prefill = pairs = lora_prefill = 0
+        prefill = pairs = 0
         for req, n in items:
             c = req.computed
             if n == 1 and c >= req.prompt:
@@ -466,8 +466,6 @@ class Engine:
             else:
                 prefill += n
                 pairs += n * c + n * (n + 1) // 2
-                if req.adapter >= 0:
-                    lora_prefill += n
         # vLLM activates the batch's adapters in set order; the twin uses index order
         if self._all_scheduled:
             adapters, rank_sum = self._running_adapter_list()
@@ -481,7 +479,7 @@ class Engine:
                 rank_sum += self.adapter_ranks[a]
         load = self.caches.use(adapters) if adapters else 0
         dur = self.model.step_ns(decode, kv, prefill, pairs, len(adapters), rank_sum,
-                                 len(self.running), len(self.waiting), lora_prefill) + load
+                                 len(self.running), len(self.waiting)) + load
         return dur, load, adapters, prefill, decode
 
     def _token(self, req: Req, step: int, end: int) -> bool:

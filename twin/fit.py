@@ -10,8 +10,6 @@ Input format (what calibration passes in): a sequence of rows, each a mapping wi
         prefill_tokens     P, prompt tokens computed in the step (0 for pure decode)
         attention_pairs    A, causal (query, key) pairs of the prefill chunks:
                            sum over chunks of n*c + n*(n+1)/2 (n new tokens after c cached)
-        lora_prefill_tokens  Pl, the prefill tokens of requests that use an adapter
-                           (optional, default 0)
         adapters           L, distinct LoRA adapters in the step (0 = base model only)
         rank_sum           R, sum of those adapters' ranks (optional, default 0)
         lora_server        bool, measured on a server started with --enable-lora
@@ -35,7 +33,8 @@ from twinbench.traces.errors import TwinbenchError
 
 _BASE_TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
                "per_prefill_attention_pair_ms")
-_LORA_PREFILL = "per_lora_prefill_token_ms"  # additive, outside the LoRA factor
+# additive LoRA terms, outside the factor, in steps with an adapter active
+_LORA_TERMS = ("per_lora_prefill_token_ms", "per_lora_step_ms")
 
 
 class FitError(TwinbenchError):
@@ -70,7 +69,9 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
                          _column(rows, "attention_pairs", 0)])
     L = _column(rows, "adapters", 0)
     R = _column(rows, "rank_sum", 0)
-    PL = _column(rows, "lora_prefill_tokens", 0)
+    # the LoRA terms: every prefill token, and the step itself, when an adapter is active
+    extra = {"per_lora_prefill_token_ms": np.where(L > 0, X[:, 3], 0.0),
+             "per_lora_step_ms": (L > 0).astype(np.float64)}
     if weights is None:
         sqrt_w = np.ones(len(rows))
     else:
@@ -86,10 +87,11 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     has_lora = bool(np.any(L > 0))
     has_base_on_lora = bool(np.any((L == 0) & lora_server))
     has_no_lora = bool(np.any(~lora_server))
-    names = list(_BASE_TERMS) + [_LORA_PREFILL, "lora.base", "lora.per_adapter",
-                                 "lora.per_rank_unit", "lora.base_only_on_lora_server"]
-    if not np.any(PL > 0):
-        fixed.setdefault(_LORA_PREFILL, 0.0)
+    names = list(_BASE_TERMS) + list(_LORA_TERMS) + [
+        "lora.base", "lora.per_adapter", "lora.per_rank_unit", "lora.base_only_on_lora_server"]
+    for name, column in extra.items():
+        if not np.any(column > 0):
+            fixed.setdefault(name, 0.0)
     if not has_lora:
         fixed.update({"lora.base": 1.0, "lora.per_adapter": 0.0, "lora.per_rank_unit": 0.0})
     elif not has_no_lora and not has_base_on_lora:
@@ -110,7 +112,7 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         factor = np.where(L > 0, vals["lora.base"] + vals["lora.per_adapter"] * L
                           + vals["lora.per_rank_unit"] * R,
                           np.where(lora_server, vals["lora.base_only_on_lora_server"], 1.0))
-        return base * factor + vals[_LORA_PREFILL] * PL
+        return base * factor + sum(vals[n] * column for n, column in extra.items())
 
     # start from a non-negative linear fit of the base terms
     cols = [j for j, n in enumerate(_BASE_TERMS) if n in free]
@@ -119,7 +121,9 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         coef, _ = nnls(X[:, cols] / np.maximum(X[:, cols].max(axis=0), 1e-30), y)
         for j, c in zip(cols, coef):
             start[_BASE_TERMS[j]] = c / max(X[:, j].max(), 1e-30)
-    for n, v in ((_LORA_PREFILL, float(start.get("per_prefill_token_ms", 0.0)) or 1e-3),
+    for n, v in (("per_lora_prefill_token_ms",
+                  float(start.get("per_prefill_token_ms", 0.0)) or 1e-3),
+                 ("per_lora_step_ms", 0.1 * float(start.get("base_ms", 0.0)) or 1e-3),
                  ("lora.base", 1.0), ("lora.base_only_on_lora_server", 1.0),
                  ("lora.per_adapter", 0.01), ("lora.per_rank_unit", 1e-4)):
         if n in start:
@@ -129,7 +133,8 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         # parameter scales: a term's typical size, so a zero start does not freeze it
         typical = {n: float(np.mean(np.abs(y))) / max(float(X[:, j].max()), 1e-30) * 1e-2
                    for j, n in enumerate(_BASE_TERMS)}
-        typical[_LORA_PREFILL] = float(np.mean(np.abs(y))) / max(float(PL.max()), 1e-30) * 1e-2
+        for name, column in extra.items():
+            typical[name] = float(np.mean(np.abs(y))) / max(float(column.max()), 1e-30) * 1e-2
         scale = np.array([max(abs(start[n]), typical.get(n, 0.01)) for n in free])
         res = least_squares(lambda th: sqrt_w * (predict(unpack(th * scale)) - y), theta0 / scale,
                             bounds=(0.0, np.inf), method="trf", x_scale="jac")
@@ -138,7 +143,8 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         vals = unpack(theta0)
     resid = predict(vals) - y
     out: dict[str, Any] = {n: float(vals[n]) for n in _BASE_TERMS}
-    out[_LORA_PREFILL] = float(vals[_LORA_PREFILL])
+    for name in _LORA_TERMS:
+        out[name] = float(vals[name])
     out["lora_factor"] = {k.split(".", 1)[1]: float(vals[k]) for k in names if k.startswith("lora.")}
     out["fit_report"] = {"rows": len(rows), "rms_ms": float(np.sqrt(np.mean(resid ** 2))),
                          "max_abs_ms": float(np.max(np.abs(resid))),

@@ -2,19 +2,24 @@
 
     model   = base + per_decode_seq·B + per_kv_token·K + per_prefill_token·P
               + per_prefill_attention_pair·A                                  (femtoseconds)
-    lora_p  = per_lora_prefill_token·Pl                                         (femtoseconds)
+    lora_x  = per_lora_step + per_lora_prefill_token·P   if L ≥ 1, else 0      (femtoseconds)
     factor  = lora.base + lora.per_adapter·L + lora.per_rank_unit·R   if L ≥ 1 adapters
             = lora.base_only_on_lora_server                           if L = 0, LoRA enabled
             = 1                                                        if LoRA disabled
-    step_ns = (model // 1000) · factor_bp // 10⁴ // 1000 + lora_p // 10⁶
+    step_ns = (model // 1000) · factor_bp // 10⁴ // 1000 + lora_x // 10⁶
               + (sched.base + sched.per_running·running + sched.per_waiting·waiting) // 10⁶
               + adapter load ns
 
 B = decoding sequences, K = their context tokens (KV read), P = prefill tokens, A = causal
-(query, key) pairs of the prefill chunks, Pl = the prefill tokens of requests that use an
-adapter, L / R = distinct adapters / sum of their ranks. The LoRA prefill term is separate
-from the factor because adapters slow prefill and decode by different ratios (on the vLLM CPU
-build the LoRA kernels cost ~2.5x per prefill token but ~1.9x per decode step).
+(query, key) pairs of the prefill chunks, L / R = distinct adapters / sum of their ranks.
+The LoRA prefill term is separate from the factor because adapters slow prefill and decode by
+different ratios: on the vLLM CPU build a prefill token costs ~2.5x with LoRA active but a
+decode step ~1.9x. It applies to every prefill token of a step with an adapter active, base
+requests' included: vLLM's CPU LoRA ops (`vllm/lora/ops/torch_ops/lora_ops.py`, bgmv_*)
+gather the adapter weights for every token of the batch (`lora_b_weights[indices]`).
+`per_lora_step` is a LoRA step's fixed cost (index building and per-layer kernel launches,
+which dominate on small batches: LoRA decode costs ~11 ms more than base at 1 to 4 sequences
+on the CPU build, not a constant ratio).
 Coefficients are rounded once to integers (femtoseconds, factor in 1/10⁴), so a step's
 duration is the same integer whether computed alone or for a whole segment at once with NumPy
 (`decode_segment_ns`): the coalesced and step-by-step modes agree bit for bit.
@@ -44,6 +49,7 @@ class StepModel:
     prefill_token_fs: int
     attention_pair_fs: int
     lora_prefill_token_fs: int
+    lora_step_fs: int
     lora_base_bp: int
     lora_adapter_bp: int
     lora_rank_bp: int
@@ -69,6 +75,7 @@ class StepModel:
             kv_token_fs=_fs(st["per_kv_token_ms"]), prefill_token_fs=_fs(st["per_prefill_token_ms"]),
             attention_pair_fs=_fs(st["per_prefill_attention_pair_ms"]),
             lora_prefill_token_fs=_fs(st.get("per_lora_prefill_token_ms", 0.0)),
+            lora_step_fs=_fs(st.get("per_lora_step_ms", 0.0)),
             lora_base_bp=int(round(lf["base"] * _BP)), lora_adapter_bp=int(round(lf["per_adapter"] * _BP)),
             lora_rank_bp=int(round(lf["per_rank_unit"] * _BP)),
             base_only_bp=int(round(lf["base_only_on_lora_server"] * _BP)),
@@ -87,14 +94,13 @@ class StepModel:
         return self.base_only_bp if self.lora_enabled else _BP
 
     def step_ns(self, decode_seqs: int, kv_tokens: int, prefill_tokens: int, attention_pairs: int,
-                n_adapters: int, rank_sum: int, running: int, waiting: int,
-                lora_prefill_tokens: int = 0) -> int:
+                n_adapters: int, rank_sum: int, running: int, waiting: int) -> int:
         """One step's duration without adapter loads."""
         model_fs = (self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens
                     + self.prefill_token_fs * prefill_tokens + self.attention_pair_fs * attention_pairs)
         model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
-        if lora_prefill_tokens:
-            model_ns += self.lora_prefill_token_fs * lora_prefill_tokens // 10**6
+        if n_adapters:
+            model_ns += (self.lora_step_fs + self.lora_prefill_token_fs * prefill_tokens) // 10**6
         sched_ns = (self.sched_base_fs + self.sched_running_fs * running
                     + self.sched_waiting_fs * waiting) // 10**6
         return model_ns + sched_ns
@@ -108,9 +114,14 @@ class StepModel:
         kv = kv_tokens0 + decode_seqs * np.arange(n_steps, dtype=np.int64)
         model_fs = (self.base_fs + self.decode_seq_fs * decode_seqs) + self.kv_token_fs * kv
         model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
+        return model_ns + self._constant_ns(n_adapters, running, waiting)
+
+    def _constant_ns(self, n_adapters: int, running: int, waiting: int) -> int:
+        """What a pure-decode step adds to its scaled model time: the scheduler and the LoRA
+        step cost (the same integers as in `step_ns`)."""
         sched_ns = (self.sched_base_fs + self.sched_running_fs * running
                     + self.sched_waiting_fs * waiting) // 10**6
-        return model_ns + sched_ns
+        return sched_ns + (self.lora_step_fs // 10**6 if n_adapters else 0)
 
     def decode_segment_ends(self, start_ns: int, limit_ns: int, max_steps: int, decode_seqs: int,
                             kv_tokens0: int, n_adapters: int, rank_sum: int, running: int,
@@ -122,8 +133,7 @@ class StepModel:
         included), or after `max_steps`. Same integers as `step_ns` step by step.
         """
         fbp = self.factor_bp(n_adapters, rank_sum)
-        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
-                    + self.sched_waiting_fs * waiting) // 10**6
+        sched_ns = self._constant_ns(n_adapters, running, waiting)
         fs = self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens0
         fs_step = self.kv_token_fs * decode_seqs
         first_ns = (fs // 1000) * fbp // _BP // 1000 + sched_ns
