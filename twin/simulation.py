@@ -10,6 +10,7 @@ import numpy as np
 from twinbench.backends.base import RunInfo
 from twinbench.reports.records import RequestRecord
 from twinbench.traces.core import Trace
+from twinbench.traces.gcpause import gc_paused
 from twinbench.twin.config import ServerConfig
 from twinbench.twin.engine import Engine, Req
 from twinbench.twin.profile import Profile
@@ -172,6 +173,7 @@ def run_info(engine: Engine, profile: Profile, mode: str, stats: dict, replica=N
                           "replica": replica, "stats": stats})
 
 
+@gc_paused()  # the engine's objects form no cycles: collector passes are pure overhead
 def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
              mode: str = "coalesced", token_timestamps: str = "exact",
              step_log: list | None = None, horizon_s: float | None = None,
