@@ -157,11 +157,11 @@ class TrendTest:
 def mann_kendall_upward(x: np.ndarray) -> TrendTest | None:
     """S = sum over i<j of sign(x_j - x_i), in time order; None below 3 samples.
 
-    S is computed in O(n log n) from Kendall's tau between time and value (time has no
-    ties), so a million samples cost well under a second.
+    Up to `_MK_PAIRWISE` samples (starvation tests 20 block medians) S is summed over all
+    pairs directly; beyond that it comes in O(n log n) from Kendall's tau between time and
+    value (time has no ties), so a million samples cost well under a second. The p-value is
+    the normal tail with the tie-corrected variance and a continuity correction.
     """
-    from scipy.stats import kendalltau, norm
-
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if n < 3:
@@ -171,11 +171,18 @@ def mann_kendall_upward(x: np.ndarray) -> TrendTest | None:
     n_tied = float(np.sum(counts * (counts - 1) / 2))
     if n_tied == n0:  # all values equal: no trend
         return TrendTest(n, 0, 0.0, 1.0)
-    tau = kendalltau(np.arange(n), x).statistic
-    s = int(round(tau * math.sqrt(n0 * (n0 - n_tied))))
+    if n <= _MK_PAIRWISE:
+        s = int(np.triu(np.sign(x[None, :] - x[:, None]), k=1).sum())
+    else:  # scipy.stats is imported only here: its import alone costs ~1 s of CPU
+        from scipy.stats import kendalltau
+        tau = kendalltau(np.arange(n), x).statistic
+        s = int(round(tau * math.sqrt(n0 * (n0 - n_tied))))
     var = (n * (n - 1) * (2 * n + 5) - float(np.sum(counts * (counts - 1) * (2 * counts + 5)))) / 18
     z = 0.0 if s == 0 else (s - np.sign(s)) / math.sqrt(var)  # continuity correction
-    return TrendTest(n, s, float(z), float(norm.sf(z)))
+    return TrendTest(n, s, float(z), 0.5 * math.erfc(float(z) / math.sqrt(2)))
+
+
+_MK_PAIRWISE = 2000  # n x n signs: 32 MB at this size
 
 
 def smape(a: float | None, b: float | None) -> float | None:

@@ -43,6 +43,19 @@ def test_mann_kendall_s_matches_brute_force_with_ties():
         assert t.s == _brute_s(x)
 
 
+def test_mann_kendall_pairwise_and_tau_paths_agree(monkeypatch):
+    from scipy.stats import norm
+
+    from twinbench.reports import stats
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=600) + np.linspace(0, 0.4, 600), 1)  # ties and a weak trend
+    direct = mann_kendall_upward(x)
+    monkeypatch.setattr(stats, "_MK_PAIRWISE", 10)  # force the O(n log n) Kendall-tau path
+    via_tau = mann_kendall_upward(x)
+    assert direct.s == via_tau.s and direct.z == via_tau.z
+    assert direct.p_value == pytest.approx(float(norm.sf(direct.z)), rel=1e-12)
+
+
 def test_mann_kendall_detects_trend_and_not_noise():
     rng = np.random.default_rng(2)
     noise = rng.normal(size=300)
