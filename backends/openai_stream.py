@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+
+import orjson
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,7 +94,7 @@ class OpenAIStreamSender:
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, attempt: Attempt) -> str | None:
         parser = SSEParser()
-        loads = json.loads
+        loads = orjson.loads  # ~6x faster than json.loads per message (the client's hot path)
         clock = time.perf_counter
         stamps, tokens = attempt.stamps, attempt.tokens
         chat = self.target.chat

@@ -7,7 +7,7 @@ decoder (`openai._streaming.SSEDecoder`, a private API that decodes line by line
 26.5 us/message. `sseclient-py` reads a blocking iterator and does not fit aiohttp's async
 reads; `aiohttp-sse-client` is unmaintained since 2021 and wraps a whole client of its own.
 This parser works on the bytes aiohttp hands over, splits lines with `bytes.split` (C speed)
-and returns each event's data as bytes, ready for `json.loads`.
+and returns each event's data as bytes, ready for a JSON parser.
 
 It follows the WHATWG rules the OpenAI/vLLM streams use: lines end in LF, CRLF or CR; `data:`
 lines of one event are joined with LF; one optional space after the colon is dropped; `:`
