@@ -42,6 +42,8 @@ class OpenAIConfig:
     check_models: bool = True
     over_length: str = "clip"              # "clip" | "refuse" (requests > max_model_len)
     stop_grace_s: float = 2.0              # after SIGINT, in-flight requests get this long
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into every request body
+    twin_clock: bool = False               # send `twin_arrival_s` (for `twinbench serve`)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -53,6 +55,8 @@ class OpenAIConfig:
             raise TwinbenchError(f"--prompt-mode {self.prompt_mode}: use ids or text")
         if self.workers < 1:
             raise TwinbenchError(f"--workers {self.workers}: must be at least 1")
+        if not isinstance(self.extra_body, dict):
+            raise TwinbenchError("--extra-body: expected a JSON object")
 
     @property
     def chat(self) -> bool:
@@ -129,7 +133,8 @@ class OpenAIBackend:
                                      f"(it serves: {', '.join(facts.model_ids)})")
             rows, cut_rows = rows_to_send(trace, options.duration_s)
             plan = RequestPlan.build(trace, base, cfg.chat, cfg.prompt_mode, options.seed,
-                                     facts.max_model_len(base), cfg.over_length)
+                                     facts.max_model_len(base), cfg.over_length,
+                                     extra_body=cfg.extra_body, twin_clock=cfg.twin_clock)
             rows = rows[~plan.refused[rows]]
             loaded = await self._check_adapters(session, trace, plan, rows)
             if plan.prompt_mode == "text":

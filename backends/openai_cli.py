@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "/v1/models does not list them (paths as the server sees them)")
     g.add_argument("--no-check-models", action="store_true",
                    help="do not check /v1/models before the run (servers without it)")
+    g.add_argument("--extra-body", metavar="JSON",
+                   help="a JSON object merged into every request body (e.g. sampling "
+                        "parameters), as vLLM's bench serve --extra-body")
+    g.add_argument("--twin-clock", action="store_true",
+                   help="against `twinbench serve`: send each request's trace arrival as "
+                        "twin_arrival_s, so the served twin simulates the trace's own timing; "
+                        "the twin's simulated times land in each record's extra.twin")
 
 
 def parse_adapter_paths(value: str | None) -> dict[str, str]:
@@ -54,6 +61,20 @@ def parse_adapter_paths(value: str | None) -> dict[str, str]:
             raise TwinbenchError(f"--load-adapters {item!r}: expected NAME=PATH")
         out[name.strip()] = path.strip()
     return out
+
+
+def parse_extra_body(value: str | None) -> dict:
+    import json
+
+    if not value:
+        return {}
+    try:
+        body = json.loads(value)
+    except ValueError as e:
+        raise TwinbenchError(f"--extra-body: not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise TwinbenchError("--extra-body: expected a JSON object, e.g. '{\"top_p\": 0.9}'")
+    return body
 
 
 def build_backend(args: argparse.Namespace):
@@ -82,7 +103,8 @@ def build_backend(args: argparse.Namespace):
         workers=args.workers, request_timeout_s=args.request_timeout,
         scrape_interval_s=args.scrape_interval,
         load_adapters=parse_adapter_paths(args.load_adapters),
-        check_models=not args.no_check_models)
+        check_models=not args.no_check_models, extra_body=parse_extra_body(args.extra_body),
+        twin_clock=args.twin_clock)
     backend = OpenAIBackend(config)
     backend.probe_now()
     return backend

@@ -29,11 +29,14 @@ class RequestPlan:
     clipped: np.ndarray                  # bool per row
     max_model_len: int | None = None
     texts: dict[int, str] = field(default_factory=dict)   # text prompts, fitted in advance
+    extra_body: dict = field(default_factory=dict)        # user fields merged into each body
+    twin_clock: bool = False                              # send each row's arrival time
     text_counts: dict[int, int] = field(default_factory=dict)  # server's count per text
 
     @staticmethod
     def build(trace: Trace, base_model: str, chat: bool, prompt_mode: str, seed: int,
-              max_model_len: int | None, over_length: str = "clip") -> "RequestPlan":
+              max_model_len: int | None, over_length: str = "clip",
+              extra_body: dict | None = None, twin_clock: bool = False) -> "RequestPlan":
         p = trace.prompt_tokens.astype(np.int64)
         o = trace.output_tokens.astype(np.int64)
         refused = np.zeros(len(trace), dtype=bool)
@@ -50,7 +53,8 @@ class RequestPlan:
                            prompt_mode="text" if chat else prompt_mode,
                            builder=PromptBuilder.for_trace(trace, seed),
                            prompt_len=p.astype(np.int32), output_len=o.astype(np.int32),
-                           refused=refused, clipped=clipped, max_model_len=max_model_len)
+                           refused=refused, clipped=clipped, max_model_len=max_model_len,
+                           extra_body=dict(extra_body or {}), twin_clock=twin_clock)
 
     def model_of(self, row: int) -> str:
         return self.trace.adapter_name(row) or self.base_model
@@ -75,6 +79,11 @@ class RequestPlan:
         else:
             body["max_tokens"] = n_out
             body["prompt"] = self.prompt_of(row)
+        if self.extra_body:
+            body.update(self.extra_body)
+        if self.twin_clock:
+            # `twinbench serve` enters the request at this simulated arrival (docs/twin-server.md)
+            body["twin_arrival_s"] = float(self.trace.arrival_s[row])
         return json.dumps(body, separators=(",", ":")).encode()
 
     def requested_of(self, row: int) -> int:

@@ -100,6 +100,7 @@ class OpenAIStreamSender:
         chat = self.target.chat
         last_completion = 0       # cumulative completion_tokens seen (continuous usage)
         finish_reason = None
+        twin_times: list[int] = []  # `twinbench serve`: simulated time of each chunk (ns)
         async for chunk in resp.content.iter_any():
             for _event, data in parser.feed(chunk):
                 if data == b"[DONE]":
@@ -119,6 +120,9 @@ class OpenAIStreamSender:
                 usage = msg.get("usage")
                 if choices:
                     stamps.append(clock())
+                    twin = msg.get("twin")
+                    if twin is not None:
+                        twin_times.append(twin.get("t_ns") if isinstance(twin, dict) else None)
                     if usage and usage.get("completion_tokens") is not None:
                         n = int(usage["completion_tokens"]) - last_completion
                         last_completion = int(usage["completion_tokens"])
@@ -131,6 +135,9 @@ class OpenAIStreamSender:
                     if fr:
                         finish_reason = fr
                 elif usage:
+                    twin = msg.get("twin")
+                    if isinstance(twin, dict):  # the twin's own account of the request
+                        attempt.extra["twin"] = {**twin, "chunk_times_ns": twin_times}
                     if usage.get("completion_tokens") is not None:
                         attempt.output_tokens = int(usage["completion_tokens"])
                     if usage.get("prompt_tokens") is not None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from twinbench.backends.openai_cli import add_arguments, build_backend, parse_adapter_paths
+from twinbench.backends.openai_cli import (add_arguments, build_backend, parse_adapter_paths,
+                                            parse_extra_body)
 from twinbench.traces.errors import TwinbenchError
 
 _spec = importlib.util.spec_from_file_location(
@@ -31,6 +32,11 @@ def test_flag_errors_are_one_line_user_errors():
     with pytest.raises(TwinbenchError, match="expected NAME=PATH"):
         parse_adapter_paths("a=/x,broken")
     assert parse_adapter_paths(" a=/x , b=/y/z ") == {"a": "/x", "b": "/y/z"}
+    with pytest.raises(TwinbenchError, match="--extra-body: not valid JSON"):
+        build_backend(_parse("--base-url", "http://127.0.0.1:1", "--extra-body", "{top_p: 1"))
+    with pytest.raises(TwinbenchError, match="--extra-body: expected a JSON object"):
+        parse_extra_body("[1, 2]")
+    assert parse_extra_body('{"top_p": 0.9}') == {"top_p": 0.9} and parse_extra_body(None) == {}
 
 
 def test_build_backend_reads_the_server_and_hides_the_key(monkeypatch):
