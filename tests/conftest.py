@@ -1,5 +1,9 @@
 """Shared test fixtures.
 
+`fake_server`: the FakeServer class of `backend_fake_server.py` (a small aiohttp server that
+misbehaves on request), loaded once: test modules are not importable from each other under
+`--import-mode=importlib`.
+
 `vllm_server`: ONE real vLLM CPU server per test session (tiny random-weight Llama, 4 LoRA
 adapters, `--max-loras 2`, runtime adapter loading on, every scheduler flag explicit), started
 on a free loopback port and stopped by its process group at session end. On a machine without
@@ -10,11 +14,22 @@ Tests that use it are marked `realserver` automatically: they run by default, an
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 
 REALSERVER_FIXTURE = "vllm_server"
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    spec = importlib.util.spec_from_file_location(
+        "backend_fake_server", Path(__file__).with_name("backend_fake_server.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakeServer
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,19 +1,12 @@
 """`--backend openai` flags: parsing, user errors as TwinbenchError, the key kept secret."""
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from twinbench.backends.openai_cli import (add_arguments, build_backend, parse_adapter_paths,
                                             parse_extra_body)
 from twinbench.traces.errors import TwinbenchError
-
-_spec = importlib.util.spec_from_file_location(
-    "backend_fake_server", Path(__file__).with_name("backend_fake_server.py"))
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
 
 
 def _parse(*argv):
@@ -39,8 +32,8 @@ def test_flag_errors_are_one_line_user_errors():
     assert parse_extra_body('{"top_p": 0.9}') == {"top_p": 0.9} and parse_extra_body(None) == {}
 
 
-def test_build_backend_reads_the_server_and_hides_the_key(monkeypatch):
-    srv = fake.FakeServer().start()
+def test_build_backend_reads_the_server_and_hides_the_key(monkeypatch, fake_server):
+    srv = fake_server().start()
     try:
         monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-42")
         args = _parse("--base-url", srv.url + "/v1/", "--endpoint", "chat", "--workers", "2",

@@ -1,8 +1,6 @@
 """Open-loop dispatch of the real backend: schedule, concurrency cap, warm-up, duration,
 drain limit, worker processes. Against the local fake server (no timing thresholds: only
 causal facts such as "never sent before its arrival time")."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +11,10 @@ from twinbench.replay.run import replay_to_file, replay_to_list
 from twinbench.reports.runfile import read_run
 from twinbench.traces.core import Adapter, Trace
 
-_spec = importlib.util.spec_from_file_location(
-    "backend_fake_server", Path(__file__).with_name("backend_fake_server.py"))
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
-
 
 @pytest.fixture(scope="module")
-def server():
-    srv = fake.FakeServer(token_delay_s=0.01).start()
+def server(fake_server):
+    srv = fake_server(token_delay_s=0.01).start()
     yield srv
     srv.stop()
 

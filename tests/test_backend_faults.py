@@ -5,7 +5,6 @@ streams, HTTP 500/400 with bodies, a connection dropped mid-stream, a server tha
 silent, malformed SSE data, an output cut short, a stream without [DONE].
 """
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,10 @@ from twinbench.reports.runfile import read_run
 from twinbench.traces.core import Adapter, Trace
 from twinbench.traces.errors import TwinbenchError
 
-_spec = importlib.util.spec_from_file_location(
-    "backend_fake_server", Path(__file__).with_name("backend_fake_server.py"))
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
-
 
 @pytest.fixture(scope="module")
-def server():
-    srv = fake.FakeServer(token_delay_s=0.002, max_model_len=256).start()
+def server(fake_server):
+    srv = fake_server(token_delay_s=0.002, max_model_len=256).start()
     yield srv
     srv.stop()
 

@@ -1,7 +1,6 @@
 """SIGINT on a live real-backend run (in a subprocess): the run file is complete up to the
 interruption — header, every finished record, in-flight requests as cancelled with what
 they measured, never-sent ones as cancelled, and a footer saying `interrupted`."""
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -12,10 +11,6 @@ import pytest
 
 from twinbench.reports.runfile import read_run
 
-_spec = importlib.util.spec_from_file_location(
-    "backend_fake_server", Path(__file__).with_name("backend_fake_server.py"))
-fake = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake)
 
 SCRIPT = """
 import sys
@@ -40,8 +35,8 @@ if __name__ == "__main__":  # worker processes are spawned: they re-import this 
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = fake.FakeServer(token_delay_s=0.02).start()
+def server(fake_server):
+    srv = fake_server(token_delay_s=0.02).start()
     yield srv
     srv.stop()
 
