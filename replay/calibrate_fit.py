@@ -78,7 +78,7 @@ def frontend_ms(prefill: list[dict], decode_fit: dict) -> float:
 
 
 def _fit_rows(rows: list[dict]) -> list[dict]:
-    return [{k: r.get(k, 0) for k in FIT_KEYS} for r in rows]
+    return [{k: r[k] for k in FIT_KEYS} for r in rows]
 
 
 def kind_weights(rows: list[dict]) -> np.ndarray:
@@ -123,8 +123,6 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
 
 _TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
           "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms", "per_lora_step_ms")
-_TERM_COLUMNS = ("decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
-                 "lora_prefill_tokens", "adapters")  # LoRA terms: rows with adapters
 _LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
 
 
@@ -138,15 +136,9 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     from scipy.optimize import least_squares
 
     y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
-    start = [st.get(k, 0.0) for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
-    pinned = set()
-    for j, column in enumerate(_TERM_COLUMNS, start=1):
-        if column == "lora_prefill_tokens":
-            unseen = all(r["prefill_tokens"] == 0 or not r["adapters"] for r in rows)
-        else:
-            unseen = all(r.get(column, 0) == 0 for r in rows)
-        if unseen:
-            pinned.add(j)
+    start = [st[k] for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
+    columns = _term_columns(rows)
+    pinned = {j for j in range(1, len(_TERMS)) if not columns[:, j].any()}
     has_lora = any(r["adapters"] for r in rows)
     lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
     if not has_lora:
@@ -167,15 +159,7 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
         return out
 
     # parameter scales: at least a term's typical size, so a start at 0 is not frozen there
-    typical = [float(np.mean(y)) * 1e-2]
-    for column in _TERM_COLUMNS:
-        if column == "lora_prefill_tokens":
-            peak = max([r["prefill_tokens"] for r in rows if r["adapters"]] or [0])
-        elif column == "adapters":
-            peak = 1.0
-        else:
-            peak = max(r.get(column, 0) for r in rows)
-        typical.append(float(np.mean(y)) * 1e-2 / max(float(peak), 1e-30))
+    typical = list(float(np.mean(y)) * 1e-2 / np.maximum(columns.max(axis=0), 1e-30))
     typical += [0.01] * len(_LORA)
     scale = np.array([max(abs(start[i]), typical[i]) for i in free])
     x0 = np.array([start[i] for i in free]) / scale
@@ -184,6 +168,14 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     res = least_squares(lambda th: sqrt_w * (predict(rows, unpack(th * scale)) - y) / y, x0,
                         bounds=(0.0, np.inf), method="trf", x_scale="jac")
     return unpack(res.x * scale)
+
+
+def _term_columns(rows: list[dict]) -> np.ndarray:
+    """What each `_TERMS` coefficient multiplies, per row (1 for base_ms; the LoRA terms
+    only in rows with adapters)."""
+    return np.array([[1.0, r["decode_seqs"], r["kv_tokens"], r["prefill_tokens"],
+                      r["attention_pairs"], r["prefill_tokens"] if r["adapters"] else 0,
+                      1.0 if r["adapters"] else 0.0] for r in rows], dtype=np.float64)
 
 
 def _fit_loads(loads: list[dict]) -> dict[str, float]:
