@@ -101,9 +101,7 @@ class StepModel:
         model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
         if n_adapters:
             model_ns += (self.lora_step_fs + self.lora_prefill_token_fs * prefill_tokens) // 10**6
-        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
-                    + self.sched_waiting_fs * waiting) // 10**6
-        return model_ns + sched_ns
+        return model_ns + self._sched_ns(running, waiting)
 
     def decode_segment_ns(self, n_steps: int, decode_seqs: int, kv_tokens0: int,
                           n_adapters: int, rank_sum: int, running: int, waiting: int) -> np.ndarray:
@@ -116,12 +114,14 @@ class StepModel:
         model_ns = (model_fs // 1000) * self.factor_bp(n_adapters, rank_sum) // _BP // 1000
         return model_ns + self._constant_ns(n_adapters, running, waiting)
 
+    def _sched_ns(self, running: int, waiting: int) -> int:
+        return (self.sched_base_fs + self.sched_running_fs * running
+                + self.sched_waiting_fs * waiting) // 10**6
+
     def _constant_ns(self, n_adapters: int, running: int, waiting: int) -> int:
         """What a pure-decode step adds to its scaled model time: the scheduler and the LoRA
         step cost (the same integers as in `step_ns`)."""
-        sched_ns = (self.sched_base_fs + self.sched_running_fs * running
-                    + self.sched_waiting_fs * waiting) // 10**6
-        return sched_ns + (self.lora_step_fs // 10**6 if n_adapters else 0)
+        return self._sched_ns(running, waiting) + (self.lora_step_fs // 10**6 if n_adapters else 0)
 
     def decode_segment_ends(self, start_ns: int, limit_ns: int, max_steps: int, decode_seqs: int,
                             kv_tokens0: int, n_adapters: int, rank_sum: int, running: int,
