@@ -29,9 +29,9 @@ class RequestPlan:
     clipped: np.ndarray                  # bool per row
     max_model_len: int | None = None
     texts: dict[int, str] = field(default_factory=dict)   # text prompts, fitted in advance
+    text_counts: dict[int, int] = field(default_factory=dict)  # server's count per text
     extra_body: dict = field(default_factory=dict)        # user fields merged into each body
     twin_clock: bool = False                              # send each row's arrival time
-    text_counts: dict[int, int] = field(default_factory=dict)  # server's count per text
 
     @staticmethod
     def build(trace: Trace, base_model: str, chat: bool, prompt_mode: str, seed: int,

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-
-import orjson
 from dataclasses import dataclass
 from typing import Callable
 
 import aiohttp
+import orjson
 
 from twinbench.backends.sse import SSEParser
 from twinbench.replay.dispatch import Attempt

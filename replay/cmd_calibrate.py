@@ -160,9 +160,9 @@ def _report(profile, fit, profiling_s, out, plot_path) -> str:
                      f"{a['p99']:6.2f}       {r['p50']:5.1f} {r['p90']:5.1f} {r['p99']:5.1f}")
     lines.append(f"step = {st['base_ms']:.3f} + {st['per_decode_seq_ms']:.4f}·B + "
                  f"{st['per_kv_token_ms']:.2e}·K + {st['per_prefill_token_ms']:.4f}·P + "
-                 f"{st['per_prefill_attention_pair_ms']:.2e}·A ms; LoRA prefill "
-                 f"+{st.get('per_lora_step_ms', 0.0):.3f} +{st.get('per_lora_prefill_token_ms', 0.0):.4f}·P "
-                 f"ms with adapters; LoRA factor "
+                 f"{st['per_prefill_attention_pair_ms']:.2e}·A ms; LoRA step "
+                 f"+{st.get('per_lora_step_ms', 0.0):.3f} "
+                 f"+{st.get('per_lora_prefill_token_ms', 0.0):.4f}·P ms; LoRA factor "
                  f"{lf['base']:.3f} + {lf['per_adapter']:.3f}·L + {lf['per_rank_unit']:.4f}·R; "
                  f"frontend {fit['frontend_ms']:.2f} ms")
     al = fit["adapter_load"]
