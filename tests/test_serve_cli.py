@@ -40,8 +40,9 @@ def running_requests(base_url: str) -> float:
     raise AssertionError("no vllm:num_requests_running")
 
 
-def test_disconnected_stream_is_aborted(twin_server_launcher):
-    base_url = twin_server_launcher("--profile", PROFILE, "--max-model-len", "4096")
+def open_long_stream(base_url: str):
+    """A raw streamed 4000-token completion, read up to its first token: (connection,
+    response), so a test can drop the client or stop the server mid-stream."""
     url = urllib.parse.urlparse(base_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     conn.request("POST", "/v1/completions", json.dumps(
@@ -50,6 +51,12 @@ def test_disconnected_stream_is_aborted(twin_server_launcher):
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"data: {")  # the first token arrived
+    return conn, resp
+
+
+def test_disconnected_stream_is_aborted(twin_server_launcher):
+    base_url = twin_server_launcher("--profile", PROFILE, "--max-model-len", "4096")
+    conn, _ = open_long_stream(base_url)
     assert running_requests(base_url) == 1
     conn.close()  # the client goes away mid-stream
     deadline = time.monotonic() + 20
@@ -108,13 +115,7 @@ def test_speed_changes_wall_time_not_simulated_time(twin_server_launcher):
 def test_sigterm_ends_in_flight_streams_and_exits(twin_server_launcher):
     base_url = twin_server_launcher("--profile", PROFILE, "--max-model-len", "4096")
     proc = twin_server_launcher.procs[-1]
-    url = urllib.parse.urlparse(base_url)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    conn.request("POST", "/v1/completions", json.dumps(
-        {"prompt": [1] * 10, "max_tokens": 4000, "stream": True}),
-        {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.readline().startswith(b"data: {")
+    _, resp = open_long_stream(base_url)
     proc.terminate()
     assert proc.wait(timeout=20) == 0  # no wait for the 4000-token generation
     rest = resp.read().decode()
