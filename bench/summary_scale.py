@@ -45,6 +45,25 @@ def timed(label: str, fn):
     return out, user + system
 
 
+def first_touch_s_per_gib() -> float:
+    """System time to fault in 1 GiB of fresh memory in a fresh process (np.ones): the
+    machine's own cost, which every summary below pays for the memory it touches first.
+    A lazily backed VM pays seconds per GiB here; bare metal a fraction of a second."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(_touch_one_gib).result()
+
+
+def _touch_one_gib() -> float:
+    import numpy as np
+
+    s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    a = np.ones(1 << 27)  # 1 GiB of float64
+    s1 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+    del a
+    return s1 - s0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
@@ -64,6 +83,8 @@ def main() -> None:
     from twinbench.reports.synthetic import bulk_records
 
     n, c = args.records, args.chunks
+    print(f"this machine's first touch of fresh memory: {first_touch_s_per_gib():.2f} s of "
+          "system time per GiB (np.ones in a fresh process)")
     print(f"{n:,} records x {c} chunks = {n * c:,} token chunks")
     records = timed("generate records", lambda: bulk_records(n, c, seed=1))[0]
     s, t_cold = timed("summarize(list of records), cold memory", lambda: summarize(records))
