@@ -296,7 +296,7 @@ class Engine:
         # eligible (num_running + num_waiting > 1) -- 0.32; 0.8.x always applied it.
         thr = self.config.long_prefill_token_threshold
         if self.rules.long_prefill_cap_only_if_contended \
-                and len(self.running) + len(self.waiting) <= 1:
+                and len(self.running) + self.waiting.n <= 1:
             return 0
         return thr
 
@@ -371,7 +371,7 @@ class Engine:
         run_adapters = self.run_adapters
         caching = pool.caching
         admitted = 0
-        while token_budget > 0 and waiting:
+        while token_budget > 0 and waiting.n:
             if len(running) >= max_seqs:
                 break
             # max_loras gate: a request whose adapter would exceed max_loras is skipped, not
@@ -479,7 +479,7 @@ class Engine:
                 rank_sum += self.adapter_ranks[a]
         load = self.caches.use(adapters) if adapters else 0
         dur = self.model.step_ns(decode, kv, prefill, pairs, len(adapters), rank_sum,
-                                 len(self.running), len(self.waiting)) + load
+                                 len(self.running), self.waiting.n) + load
         return dur, load, adapters, prefill, decode
 
     def _token(self, req: Req, step: int, end: int) -> bool:
@@ -587,7 +587,7 @@ class Engine:
         False when nothing waits, running is full, or every waiting request would be skipped
         by the LoRA gate -- states that last until a finish or an arrival."""
         waiting = self.waiting
-        if not waiting or len(self.running) >= self.config.max_num_seqs:
+        if not waiting.n or len(self.running) >= self.config.max_num_seqs:
             return False
         if self.config.enable_lora and len(self.run_adapters) == self.config.max_loras:
             return waiting.head(self.run_adapters) is not None
@@ -678,7 +678,7 @@ class Engine:
         # _threshold(), inlined: this runs about once per arrival
         thr = cfg.long_prefill_token_threshold
         if thr and self.rules.long_prefill_cap_only_if_contended \
-                and len(self.running) + len(self.waiting) <= 1:
+                and len(self.running) + self.waiting.n <= 1:
             thr = 0
         max_len = self.max_model_len
         pre = self.prefilling
@@ -750,7 +750,7 @@ class Engine:
                 pool.commit(req, req.computed + n)
         n_pre = len(items)
         admitted = 0
-        if demand < budget and self.waiting:
+        if demand < budget and self.waiting.n:
             loras = set(self.run_adapters) if cfg.enable_lora else set()
             admitted = self._admit_waiting(budget - demand, thr, loras, items)
         if not items and not self.n_lazy:
@@ -835,7 +835,7 @@ class Engine:
             limit = self.incoming[pos][0] - 1
         ends = self.model.decode_segment_ends(self.now_ns, limit, min(r_min, SEGMENT_MAX_STEPS),
                                               b, self.sum_c + b * (step0 + 1), len(adapters),
-                                              rank_sum, len(self.running), len(self.waiting))
+                                              rank_sum, len(self.running), self.waiting.n)
         n = len(ends)
         # KV: every step must find its blocks; no block is freed within a segment, so the
         # total over the segment must fit in what is free now.
@@ -925,8 +925,10 @@ class Engine:
     def run(self, until_ns: int) -> None:
         """Execute every step that starts at or before `until_ns`."""
         while True:
-            self._ingest()
-            if not self.running and not self.waiting:
+            pos = self._incoming_pos  # _ingest() has work only when an arrival is due
+            if pos < len(self.incoming) and self.incoming[pos][0] <= self.now_ns:
+                self._ingest()
+            if not self.running and not self.waiting.n:
                 nxt = self.next_arrival_ns()
                 if nxt is None or nxt > until_ns:
                     return

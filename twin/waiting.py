@@ -72,8 +72,7 @@ class WaitingQueue:
         q = queues.get(-1)
         if q:
             best = q[0]
-        for a in allowed:
-            q = queues.get(a)
+        for q in map(queues.get, allowed):  # (map: the lookups run in C)
             if q:
                 r = q[0]
                 if best is None or r.wkey < best.wkey:
