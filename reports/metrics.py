@@ -56,8 +56,8 @@ DEFINITIONS = MappingProxyType({
     "failed": "requests that did not succeed (error, timeout, cancelled, unfinished)",
     "total_input_tokens": "prompt tokens of successful requests",
     "total_output_tokens": "output tokens (server usage) of successful requests",
-    "offered": "requests arriving in the window (whole run without one), their prompt + "
-               "requested output tokens",
+    "offered": "requests arriving in the window (whole run without one) and dispatched "
+               "(not after --duration), their prompt + requested output tokens",
     "served": "successful requests done by the window end; tokens: prompts of requests "
               "started and output tokens streamed by the window end (prompt + output)",
     "served_token_ratio": "served_tokens / offered_tokens",
@@ -144,6 +144,9 @@ class _Context:
     percentiles: tuple
     slos: dict[str, float] | None
     horizon: float
+    offer_end: float = math.inf  # rows arriving at or after it were never dispatched
+    # (`--duration`): they were not offered to the server, so offered load and starvation
+    # leave them out (they stay in the counts as `cancelled`)
 
 
 @dataclass
@@ -257,11 +260,22 @@ def _context(loaded: LoadedRun, window, slos, percentiles, drain_limit_s
     if duration is not None and duration <= 0:
         duration = None
     arrivals = t.arrival_s
+    offer_end = math.inf
+    options = (loaded.header or {}).get("options")
+    dispatch_s = options.get("duration_s") if isinstance(options, dict) else None
+    if isinstance(dispatch_s, (int, float)) and math.isfinite(dispatch_s):
+        offer_end = float(dispatch_s) + o
+        cut = int((arrivals >= offer_end).sum())
+        if cut:
+            notes.append(f"{cut} requests arriving after --duration {dispatch_s:g} s were "
+                         "never dispatched: not counted as offered")
+            arrivals = arrivals[arrivals < offer_end]
     horizon = math.inf
     if drain_limit_s is not None and len(arrivals):
         horizon = float(arrivals.max()) + float(drain_limit_s)
     return _Context(table=t, w0=w0, w1=w1, windowed=windowed, duration=duration,
-                    percentiles=percentiles, slos=slos, horizon=horizon), notes
+                    percentiles=percentiles, slos=slos, horizon=horizon,
+                    offer_end=offer_end), notes
 
 
 def _sketch_index(sketches: dict | None, adapters: list[str]) -> dict[str, QuantileSketch]:
@@ -481,6 +495,8 @@ def _peaks(t: RequestTable, ok: np.ndarray, all_ok: bool) -> dict[str, Any]:
 def _offered_served(ctx: _Context, t: RequestTable, in_window: np.ndarray, is_ok: np.ndarray
                     ) -> dict[str, Any]:
     w1 = ctx.w1
+    if math.isfinite(ctx.offer_end):
+        in_window = in_window & (t.arrival_s < ctx.offer_end)
     offered_prompt = int(t.prompt_tokens[in_window].sum())
     offered_output = int(t.requested_output_tokens[in_window].sum())
     served_req = in_window & is_ok & (t.end_s < w1)

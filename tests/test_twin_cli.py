@@ -78,6 +78,29 @@ def test_duration_cancels_later_arrivals():
     assert all(r.status == "ok" for r in records if r.arrival_s <= 10.0)
 
 
+def test_requests_never_dispatched_after_duration_are_not_offered_load(tmp_path):
+    # a run cut by --duration keeps a record of every later request (cancelled), but the
+    # server was never offered them: they must not turn every adapter into a starving one
+    from twinbench.replay.run import replay_to_file
+    from twinbench.reports.load import load_path
+    from twinbench.reports.metrics import summarize
+
+    tr = small_trace()
+    backend = TwinBackend("llama-3.1-8b-h100", ServerConfig(max_loras=4, max_lora_rank=32))
+    out = tmp_path / "cut.jsonl"
+    replay_to_file(tr, backend, ReplayOptions(duration_s=10.0, quiet=True), str(out))
+    s = summarize(load_path(out), drain_limit_s=60.0)
+    sent = tr.arrival_s < 10.0
+    assert 0 < sent.sum() < len(tr)
+    assert s.metrics["offered_requests"] == sent.sum()
+    assert s.metrics["offered_tokens"] == int(tr.prompt_tokens[sent].sum()
+                                              + tr.output_tokens[sent].sum())
+    assert s.metrics["served_token_ratio"] == 1.0 and s.metrics["never_started_requests"] == 0
+    assert s.starvation.starving_adapters == [] and not s.starvation.run_starving
+    assert s.metrics["cancelled_requests"] == len(tr) - sent.sum()
+    assert any("never dispatched" in n for n in s.notes)
+
+
 @pytest.mark.parametrize("router", ["round-robin", "least-outstanding", "adapter-affinity"])
 def test_cluster_routes_every_request_once(router):
     tr = small_trace(300, 6)
