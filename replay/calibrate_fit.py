@@ -15,32 +15,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from twinbench.twin.fit import fit_adapter_loads, fit_step_time
+from twinbench.twin.fit import StepDesign, fit_adapter_loads, fit_step_time
+from twinbench.twin.fit import predict_step_ms as predict
 from twinbench.twin.profile import SCHEMA_VERSION, Profile
 
 FIT_KEYS = ("step_ms", "decode_seqs", "kv_tokens", "prefill_tokens", "attention_pairs",
             "adapters", "rank_sum", "lora_server")
-
-
-def predict(rows: list[dict], st: dict) -> np.ndarray:
-    """Step times (ms) the fitted `step_time` section gives the rows (scheduler terms 0)."""
-    lf = st["lora_factor"]
-    out = []
-    for r in rows:
-        model = (st["base_ms"] + st["per_decode_seq_ms"] * r["decode_seqs"]
-                 + st["per_kv_token_ms"] * r["kv_tokens"]
-                 + st["per_prefill_token_ms"] * r["prefill_tokens"]
-                 + st["per_prefill_attention_pair_ms"] * r["attention_pairs"])
-        if r["adapters"]:
-            f = lf["base"] + lf["per_adapter"] * r["adapters"] + lf["per_rank_unit"] * r["rank_sum"]
-        else:
-            f = lf["base_only_on_lora_server"] if r.get("lora_server") else 1.0
-        model = model * f
-        if r["adapters"]:
-            model += st.get("per_lora_step_ms", 0.0) \
-                + st.get("per_lora_prefill_token_ms", 0.0) * r["prefill_tokens"]
-        out.append(model)
-    return np.asarray(out, dtype=np.float64)
 
 
 def quality(rows: list[dict], st: dict) -> dict[str, Any]:
@@ -137,7 +117,8 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
 
     y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
     start = [st[k] for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
-    columns = _term_columns(rows)
+    design = StepDesign(rows)
+    columns = design.term_columns()
     pinned = {j for j in range(1, len(_TERMS)) if not columns[:, j].any()}
     has_lora = any(r["adapters"] for r in rows)
     lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
@@ -165,17 +146,9 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     x0 = np.array([start[i] for i in free]) / scale
     y = np.maximum(y, 1e-3)
     sqrt_w = np.ones(len(rows)) if weights is None else np.sqrt(np.asarray(weights, float))
-    res = least_squares(lambda th: sqrt_w * (predict(rows, unpack(th * scale)) - y) / y, x0,
+    res = least_squares(lambda th: sqrt_w * (design.predict(unpack(th * scale)) - y) / y, x0,
                         bounds=(0.0, np.inf), method="trf", x_scale="jac")
     return unpack(res.x * scale)
-
-
-def _term_columns(rows: list[dict]) -> np.ndarray:
-    """What each `_TERMS` coefficient multiplies, per row (1 for base_ms; the LoRA terms
-    only in rows with adapters)."""
-    return np.array([[1.0, r["decode_seqs"], r["kv_tokens"], r["prefill_tokens"],
-                      r["attention_pairs"], r["prefill_tokens"] if r["adapters"] else 0,
-                      1.0 if r["adapters"] else 0.0] for r in rows], dtype=np.float64)
 
 
 def _fit_loads(loads: list[dict]) -> dict[str, float]:

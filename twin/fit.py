@@ -51,6 +51,47 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str, default: float | None =
         raise FitError(f"fit rows: {key!r} must be numbers") from None
 
 
+class StepDesign:
+    """The columns of measured rows that the step-time model reads, built once per fit."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]):
+        self.X = np.column_stack([np.ones(len(rows)), _column(rows, "decode_seqs", 0),
+                                  _column(rows, "kv_tokens", 0), _column(rows, "prefill_tokens", 0),
+                                  _column(rows, "attention_pairs", 0)])
+        self.L = _column(rows, "adapters", 0)
+        self.R = _column(rows, "rank_sum", 0)
+        self.lora_server = np.array([bool(r.get("lora_server", r.get("adapters", 0) > 0))
+                                     for r in rows])
+        # the LoRA terms: every prefill token, and the step itself, when an adapter is active
+        self.extra = {"per_lora_prefill_token_ms": np.where(self.L > 0, self.X[:, 3], 0.0),
+                      "per_lora_step_ms": (self.L > 0).astype(np.float64)}
+
+    def term_columns(self) -> np.ndarray:
+        """What each of `_BASE_TERMS + _LORA_TERMS` multiplies, per row (before the factor)."""
+        return np.column_stack([self.X] + [self.extra[n] for n in _LORA_TERMS])
+
+    def predict(self, step_time: Mapping[str, Any]) -> np.ndarray:
+        """Step times (ms) a profile's `step_time` section gives these rows."""
+        vals = {n: float(step_time.get(n, 0.0)) for n in _BASE_TERMS + _LORA_TERMS}
+        vals.update({f"lora.{k}": float(v) for k, v in step_time["lora_factor"].items()})
+        return self.step_ms(vals)
+
+    def step_ms(self, vals: Mapping[str, float]) -> np.ndarray:
+        """The model (docs/profiles.md) with flat coefficients (`lora.base`, ...)."""
+        base = self.X @ np.array([vals[n] for n in _BASE_TERMS])
+        L = self.L
+        factor = np.where(L > 0, vals["lora.base"] + vals["lora.per_adapter"] * L
+                          + vals["lora.per_rank_unit"] * self.R,
+                          np.where(self.lora_server, vals["lora.base_only_on_lora_server"], 1.0))
+        return base * factor + sum(vals[n] * column for n, column in self.extra.items())
+
+
+def predict_step_ms(rows: Sequence[Mapping[str, Any]], step_time: Mapping[str, Any]) -> np.ndarray:
+    """Step times (ms) a profile's `step_time` section gives measured rows (no scheduler
+    terms): the function `fit_step_time` fits, for fit-quality reports and plots."""
+    return StepDesign(rows).predict(step_time)
+
+
 def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | None = None,
                   weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Fit the step-time model (docs/profiles.md) to measured steps.
@@ -64,14 +105,8 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     if len(rows) < 2:
         raise FitError("fit_step_time needs at least 2 measured steps")
     y = _column(rows, "step_ms")
-    X = np.column_stack([np.ones(len(rows)), _column(rows, "decode_seqs", 0),
-                         _column(rows, "kv_tokens", 0), _column(rows, "prefill_tokens", 0),
-                         _column(rows, "attention_pairs", 0)])
-    L = _column(rows, "adapters", 0)
-    R = _column(rows, "rank_sum", 0)
-    # the LoRA terms: every prefill token, and the step itself, when an adapter is active
-    extra = {"per_lora_prefill_token_ms": np.where(L > 0, X[:, 3], 0.0),
-             "per_lora_step_ms": (L > 0).astype(np.float64)}
+    design = StepDesign(rows)
+    X, L, R, lora_server, extra = design.X, design.L, design.R, design.lora_server, design.extra
     if weights is None:
         sqrt_w = np.ones(len(rows))
     else:
@@ -79,7 +114,6 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         if w.shape != (len(rows),) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise FitError("fit_step_time: weights must be one finite number >= 0 per row")
         sqrt_w = np.sqrt(w)
-    lora_server = np.array([bool(r.get("lora_server", r.get("adapters", 0) > 0)) for r in rows])
     fixed = dict(fix or {})
     for j, name in enumerate(_BASE_TERMS[1:], start=1):
         if name not in fixed and np.ptp(X[:, j]) == 0 and X[0, j] == 0:
@@ -107,12 +141,7 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
         vals.update(zip(free, theta))
         return vals
 
-    def predict(vals: dict[str, float]) -> np.ndarray:
-        base = X @ np.array([vals[n] for n in _BASE_TERMS])
-        factor = np.where(L > 0, vals["lora.base"] + vals["lora.per_adapter"] * L
-                          + vals["lora.per_rank_unit"] * R,
-                          np.where(lora_server, vals["lora.base_only_on_lora_server"], 1.0))
-        return base * factor + sum(vals[n] * column for n, column in extra.items())
+    predict = design.step_ms
 
     # start from a non-negative linear fit of the base terms
     cols = [j for j, n in enumerate(_BASE_TERMS) if n in free]
