@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from twinbench.backends.openai_stream import error_text
 from twinbench.backends.server_metrics import parse_cache_config
+from twinbench.backends.stream_state import error_text
 from twinbench.traces.errors import TwinbenchError
 
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30)

@@ -6,8 +6,8 @@ network-sized reads, json.loads included): this parser 12.6 us/message, the `ope
 decoder (`openai._streaming.SSEDecoder`, a private API that decodes line by line to str)
 26.5 us/message. `sseclient-py` reads a blocking iterator and does not fit aiohttp's async
 reads; `aiohttp-sse-client` is unmaintained since 2021 and wraps a whole client of its own.
-This parser works on the bytes aiohttp hands over, splits lines with `bytes.split` (C speed)
-and returns each event's data as bytes, ready for a JSON parser.
+This parser works on the bytes the HTTP client hands over, splits lines with `bytes.split`
+(C speed) and returns each event's data as bytes, ready for a JSON parser.
 
 It follows the WHATWG rules the OpenAI/vLLM streams use: lines end in LF, CRLF or CR; `data:`
 lines of one event are joined with LF; one optional space after the colon is dropped; `:`
@@ -31,6 +31,14 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
         """Parse `chunk`; return `(event_name, data)` for every event it completed."""
+        # Common case first: a server writes each message at once, so a read is often exactly
+        # one `data: ...` line and its blank line, with nothing carried over.
+        if (chunk[:6] == b"data: " and chunk[-2:] == b"\n\n"
+                and chunk.find(b"\n") == len(chunk) - 2 and not self._tail
+                and not self._data and not self._event and not self._skip_lf
+                and b"\r" not in chunk):
+            self.events += 1
+            return [(b"", chunk[6:-2])]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

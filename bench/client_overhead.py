@@ -13,6 +13,10 @@ has no third core). Before the runs, `--sse` compares SSE parsers on a vLLM-shap
 
     python bench/client_overhead.py [--seconds 6] [--rates 100,250,500,1000,2000]
         [--workers 1,2] [--profile opt-1.3b-h100] [--speed 1] [--sse] [--keep DIR]
+        [--client fast|aiohttp]
+
+`--client` picks the stream client (backends/openai_run.py `stream_client`); the default is
+the one a replay uses.
 """
 from __future__ import annotations
 
@@ -280,13 +284,20 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--sse", action="store_true", help="also compare SSE parsers first")
     ap.add_argument("--keep", metavar="DIR", help="keep the run files in DIR")
+    ap.add_argument("--client", choices=["fast", "aiohttp"],
+                    help="stream client of the replays (default: the replay's own choice)")
     args = ap.parse_args()
+    from twinbench.backends.openai_run import CLIENT_ENV, stream_client
+
+    if args.client:
+        os.environ[CLIENT_ENV] = args.client  # inherited by the client processes
     if args.sse:
         bench_sse()
     subprocess.run([*PIN_CLIENT, sys.executable, __file__, "--noop", "500"], check=True)
     print(f"open loop, Poisson arrivals, {TOKENS_IN}-token id prompts, {TOKENS_OUT}-token "
           f"streams, {args.seconds:g} s per run, twinbench serve --profile {args.profile} "
-          f"--speed {args.speed:g}; server on core 1, client on core 0 (worker 2 on core 1)")
+          f"--speed {args.speed:g}; server on core 1, client on core 0 (worker 2 on core 1); "
+          f"stream client: {stream_client()}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
     print(f"{'rate':>6} {'wk':>3} {'reqs':>6} {'ok':>6} {'lag p50':>8} {'lag p99':>8} "
           f"{'lag max':>8} {'achieved':>9} {'client':>7} {'(main)':>7} {'us/msg':>7} {'server':>7}")

@@ -2,7 +2,8 @@
 
 Each request's model picks the server's behaviour (tests/backend_fake_server.py): healthy
 streams, HTTP 500/400 with bodies, a connection dropped mid-stream, a server that falls
-silent, malformed SSE data, an output cut short, a stream without [DONE].
+silent, malformed SSE data, an output cut short, a stream without [DONE]. Every test runs over
+both stream clients (backends/fast_stream.py and the aiohttp fallback).
 """
 import asyncio
 from pathlib import Path
@@ -18,8 +19,19 @@ from twinbench.traces.core import Adapter, Trace
 from twinbench.traces.errors import TwinbenchError
 
 
+@pytest.fixture(scope="module", autouse=True, params=["fast", "aiohttp"])
+def http_client(request):
+    """Every test here runs over both stream clients (`fast` is the default one)."""
+    from twinbench.backends.openai_run import CLIENT_ENV, stream_client
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CLIENT_ENV, request.param)
+        assert stream_client() == request.param
+        yield request.param
+
+
 @pytest.fixture(scope="module")
-def server(fake_server):
+def server(fake_server, http_client):  # a fresh server per client: tests load adapters
     srv = fake_server(token_delay_s=0.002, max_model_len=256).start()
     yield srv
     srv.stop()

@@ -46,6 +46,22 @@ def test_random_splits_give_identical_events():
         assert got == whole
 
 
+def test_one_message_per_read_gives_identical_events():
+    """A read holding exactly one message takes a short path: same result, and it defers to
+    the full parser when a previous read left state behind."""
+    raw = _stream(30)
+    whole, _ = _feed_all(raw, [])
+    ends = [i + 2 for i in range(len(raw)) if raw[i:i + 2] == b"\n\n"]
+    got, p = _feed_all(raw, ends[:-1])
+    assert got == whole and p.events == len(whole) and not p.pending
+    p = SSEParser()
+    assert p.feed(b"event: done\n") == []
+    assert p.feed(b"data: x\n\n") == [(b"done", b"x")]
+    assert p.feed(b"data: a") == [] and p.feed(b"data: b\n\n") == [(b"", b"adata: b")]
+    assert p.feed(b"data: c\r\r") == [(b"", b"c")]
+    assert p.feed(b"\ndata: d\n\n") == [(b"", b"d")]
+
+
 def test_event_cut_mid_way_is_pending_not_emitted():
     p = SSEParser()
     assert p.feed(b'data: {"a": 1}\n\ndata: {"b"') == [(b"", b'{"a": 1}')]
