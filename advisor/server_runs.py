@@ -7,7 +7,6 @@ machine would measure each other.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 import signal
@@ -116,13 +115,14 @@ def replay_with_samples(trace: Trace, url: str, quiet: bool = True):
     from twinbench.backends.base import ReplayOptions
     from twinbench.backends.openai import OpenAIBackend, OpenAIConfig
     from twinbench.reports.runfile import ListSink
+    from twinbench.replay import loop as event_loop
     from twinbench.replay.run import RunSink, fill_missing
 
     backend = OpenAIBackend(OpenAIConfig(base_url=url, scrape_interval_s=0.5))
     options = ReplayOptions(quiet=quiet)
     target = ListSink()
     sink = RunSink(target, time.perf_counter(), time.time())
-    info = asyncio.run(backend.replay(trace, options, sink))
+    info = event_loop.run(backend.replay(trace, options, sink))
     fill_missing(trace, sink, "unfinished", options)
     return target.records, target.samples, info
 

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from twinbench.backends.base import Backend, ReplayOptions, RunInfo
+from twinbench.replay import loop as event_loop
 from twinbench.reports.records import RequestRecord
 from twinbench.reports.runfile import ListSink, RunWriter
 from twinbench.traces.core import Trace
@@ -126,7 +127,7 @@ def replay_to_file(trace: Trace, backend: Backend, options: ReplayOptions, out: 
     status = "interrupted"
     reason = None
     try:
-        info, status = asyncio.run(_drive(trace, backend, options, sink, None))
+        info, status = event_loop.run(_drive(trace, backend, options, sink, None))
     except KeyboardInterrupt:
         status, reason = "interrupted", "KeyboardInterrupt"
     except BaseException as e:  # keep what was measured, then let the error surface
@@ -161,6 +162,6 @@ def replay_to_list(trace: Trace, backend: Backend, options: ReplayOptions
     """Replay into memory (tests, sweeps): records in emission order, plus RunInfo."""
     target = ListSink()
     sink = RunSink(target, time.perf_counter(), time.time())
-    info = asyncio.run(backend.replay(trace, options, sink))
+    info = event_loop.run(backend.replay(trace, options, sink))
     fill_missing(trace, sink, "unfinished", options)
     return target.records, info

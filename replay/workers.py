@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from twinbench.replay import loop as event_loop
 from twinbench.replay.dispatch import Attempt, DispatchSettings, DispatchStats, Sender, dispatch
 
 READY_TIMEOUT_S = 60.0
@@ -43,7 +44,7 @@ def _child_main(conn, factory: SenderFactory, rows: np.ndarray, arrival_s: np.nd
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        asyncio.run(_child_run(conn, factory, rows, arrival_s, settings))
+        event_loop.run(_child_run(conn, factory, rows, arrival_s, settings))
     except Exception as e:  # report, do not die silently: the parent records the rows
         try:
             conn.send(("failed", f"{type(e).__name__}: {e}"))

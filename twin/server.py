@@ -28,6 +28,7 @@ from twinbench.twin.server_sim import RealtimeTwin, RequestRefused, SimRequest
 from twinbench.traces.version import TOOL_VERSION
 
 TOKEN_TEXT = " x"  # the twin generates no language: every token is this text
+LISTEN_BACKLOG = 4096  # pending connections (the kernel caps it at net.core.somaxconn)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,10 @@ class TwinServer:
         self.runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False,
                                     shutdown_timeout=5.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.options.host, self.options.port)
+        # a replay opens a connection per request in flight (thousands at high rates); the
+        # default backlog of 128 overflowed, and a dropped SYN costs the client 1 s
+        site = web.TCPSite(self.runner, self.options.host, self.options.port,
+                           backlog=LISTEN_BACKLOG)
         await site.start()
         sockets = site._server.sockets if site._server is not None else []  # noqa: SLF001
         self.port = sockets[0].getsockname()[1] if sockets else self.options.port
