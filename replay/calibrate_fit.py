@@ -1,10 +1,11 @@
 """Fit a profile from calibration rows (`twin.fit`, scipy), judge the fit, plot it, write it.
 
-Order: fit the decode rows alone; estimate the frontend overhead F (request handling before
-the first step plus streaming after it) as the intercept of base-model TTFT vs prompt length
-minus the fitted step intercept; turn every prefill TTFT into a step time (TTFT − F); fit all
-rows together. F becomes the profile's `frontend.input_ms`, so the twin delays each request
-by it as the server does.
+One fit of every row: decode rows are step times, prefill rows are TTFTs (the frontend
+overhead F — request handling before the first step plus streaming after it — plus one
+prefill step), F being one more non-negative term; absolute residuals first, then refined in
+relative residuals. F becomes the profile's `frontend.input_ms`, so the twin delays each
+request by it as the server does; prefill rows are then kept as step times (TTFT − F) for the
+quality report and the plot.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from twinbench.twin.fit import StepDesign, fit_adapter_loads, fit_step_time
+from twinbench.twin.fit import FRONTEND, StepDesign, fit_adapter_loads, fit_step_time
 from twinbench.twin.fit import predict_step_ms as predict
 from twinbench.twin.profile import SCHEMA_VERSION, Profile
 
@@ -43,18 +44,10 @@ def quality(rows: list[dict], st: dict) -> dict[str, Any]:
     return out
 
 
-def frontend_ms(prefill: list[dict], decode_fit: dict) -> float:
-    """Intercept of base-model TTFT vs (prompt tokens, attention pairs) minus the step base."""
-    base = [r for r in prefill if not r["adapters"]]
-    if len(base) < 2:
-        return 0.0
-    y = np.array([r["ttft_ms"] for r in base])
-    X = np.column_stack([np.ones(len(base)), [r["prefill_tokens"] for r in base],
-                         [r["attention_pairs"] for r in base]]).astype(np.float64)
-    scale = np.maximum(X.max(axis=0), 1e-30)
-    coef, _ = nnls(X / scale, y)
-    intercept = float(coef[0] / scale[0])
-    return max(0.0, intercept - decode_fit["base_ms"])
+def _ttft_rows(prefill: list[dict]) -> list[dict]:
+    """Prefill points as the model sees them in the fit: a TTFT = frontend + one step."""
+    return [{**{k: r[k] for k in FIT_KEYS if k != "step_ms"}, "step_ms": r["ttft_ms"],
+             "ttft": True} for r in prefill]
 
 
 def _fit_rows(rows: list[dict]) -> list[dict]:
@@ -81,20 +74,26 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
         from twinbench.twin.fit import FitError
         raise FitError("calibration measured no decode steps (the budget was too small or "
                        "every request failed)")
-    base_decode = [r for r in decode if not r["adapters"]] or decode
-    dfit = fit_step_time(_fit_rows(base_decode), fix=fix)
-    f_ms = frontend_ms(prefill, dfit)
-    for r in prefill:
+    # The frontend (HTTP, tokenisation, streaming) is fitted with the step terms, prefill
+    # points entering as TTFTs, so the decode rows pin the step's own intercept. (It used to
+    # be the intercept of TTFT against prompt length, minus the step's: that swung with a few
+    # long prompts' curvature, 14.7 ms on one calibration and 26.2 ms on another of the same
+    # server, left the 16-token prefill step at ~0 ms and wrecked the relative refit.)
+    fit_rows = _fit_rows(decode) + _ttft_rows(prefill)
+    weights = kind_weights(decode + prefill)
+    st = fit_step_time(fit_rows, fix=fix, weights=weights)
+    report = st.pop("fit_report")
+    rel = refine_relative(fit_rows, st, fix, weights)
+    f_ms = float(rel.pop(FRONTEND, 0.0))
+    st.pop(FRONTEND, None)
+    for r in prefill:  # the step alone, for the quality report and the plot
         r["step_ms"] = max(1e-3, r["ttft_ms"] - f_ms)
     rows = decode + prefill
-    weights = kind_weights(rows)
-    st = fit_step_time(_fit_rows(rows), fix=fix, weights=weights)
-    report = st.pop("fit_report")
-    rel = refine_relative(rows, st, fix, weights)
     report["absolute_fit_quality"] = quality(rows, st)["all"]
     report["refined"] = "relative residuals (twin.fit minimises absolute ms, which lets the " \
                         "slowest rows dominate when steps span 10-1000 ms); each kind of row " \
-                        "weighs the same in total"
+                        "weighs the same in total; prefill points enter as TTFTs with the " \
+                        "frontend as one more term"
     adapter_load = _fit_loads(loads)
     return {"step_time": rel, "frontend_ms": f_ms, "adapter_load": adapter_load,
             "fit_report": report, "quality": quality(rows, rel), "rows": rows,
@@ -102,7 +101,8 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
 
 
 _TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
-          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms", "per_lora_step_ms")
+          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms", "per_lora_step_ms",
+          FRONTEND)  # the columns of StepDesign.term_columns()
 _LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
 
 
@@ -116,7 +116,7 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     from scipy.optimize import least_squares
 
     y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
-    start = [st[k] for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
+    start = [st.get(k, 0.0) for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
     design = StepDesign(rows)
     columns = design.term_columns()
     pinned = {j for j in range(1, len(_TERMS)) if not columns[:, j].any()}
@@ -231,8 +231,8 @@ def build_profile(name: str, target: Any, server_flags: dict[str, Any], fit: dic
             "estimates": {
                 "scheduler": "not separable black-box: scheduler time is inside the measured "
                              "step times (base_ms), so the scheduler terms are 0",
-                "frontend.input_ms": "TTFT intercept vs prompt length minus the fitted step "
-                                     "intercept (HTTP, tokenisation, streaming)",
+                "frontend.input_ms": "fitted with the step terms, prefill points entering as "
+                                     "TTFTs (HTTP, tokenisation, streaming)",
                 "memory": "only the KV capacity the server reported is known; device and "
                           "weights bytes are not, so device_bytes = KV tokens x bytes/token"},
             **provenance},

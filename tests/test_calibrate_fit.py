@@ -149,3 +149,27 @@ def test_built_profile_loads_and_keeps_provenance():
     assert again.provenance["server"]["vllm_version"] == "0.32.0"
     assert again.section("frontend")["input_ms"] == pytest.approx(fit["frontend_ms"])
     assert quality(fit["rows"], fit["step_time"])["all"]["rows"] == len(fit["rows"])
+
+
+def test_frontend_from_a_real_calibration_whose_long_prompts_curve():
+    # Measured rows where the old estimate (TTFT's intercept against prompt length, minus the
+    # step's) gave a 26 ms frontend, left the 16-token prefill step at ~0 ms and drove the
+    # relative refit to base_ms = 0 (R^2 0.82). Fitted jointly, the decode rows pin the step's
+    # intercept and the frontend lands where the shortest TTFT allows.
+    import gzip
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "data", "calibrate",
+                        "tiny-cpu-fit-rows.json.gz")
+    rows = json.loads(gzip.decompress(open(path, "rb").read()))["fit_rows"]
+    decode = [r for r in rows if "prefill" not in r["kind"]]
+    prefill = [r for r in rows if "prefill" in r["kind"]]
+    fit = fit_all(decode, prefill, [], True)
+    st = fit["step_time"]
+    shortest = min((r for r in prefill if not r["adapters"]), key=lambda r: r["prefill_tokens"])
+    assert 0 < fit["frontend_ms"] < shortest["ttft_ms"] - st["base_ms"]
+    assert 6.0 < st["base_ms"] < 11.0           # decode at batch 1 measured 9.7 ms
+    assert 0.9 < st["per_decode_seq_ms"] < 1.4
+    assert fit["quality"]["all"]["r2"] > 0.98
+    assert fit["quality"]["decode"]["rel_residual_pct"]["p50"] < 15.0

@@ -35,6 +35,8 @@ _BASE_TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_t
                "per_prefill_attention_pair_ms")
 # additive LoRA terms, outside the factor, in steps with an adapter active
 _LORA_TERMS = ("per_lora_prefill_token_ms", "per_lora_step_ms")
+# HTTP, tokenisation and streaming around the first step: fitted only when rows are TTFTs
+FRONTEND = "frontend_ms"
 
 
 class FitError(TwinbenchError):
@@ -62,17 +64,20 @@ class StepDesign:
         self.R = _column(rows, "rank_sum", 0)
         self.lora_server = np.array([bool(r.get("lora_server", r.get("adapters", 0) > 0))
                                      for r in rows])
-        # the LoRA terms: every prefill token, and the step itself, when an adapter is active
+        # the LoRA terms: every prefill token, and the step itself, when an adapter is active;
+        # rows measured as a TTFT (`ttft` true) also carry the frontend's fixed cost
         self.extra = {"per_lora_prefill_token_ms": np.where(self.L > 0, self.X[:, 3], 0.0),
-                      "per_lora_step_ms": (self.L > 0).astype(np.float64)}
+                      "per_lora_step_ms": (self.L > 0).astype(np.float64),
+                      FRONTEND: np.array([1.0 if r.get("ttft") else 0.0 for r in rows])}
 
     def term_columns(self) -> np.ndarray:
-        """What each of `_BASE_TERMS + _LORA_TERMS` multiplies, per row (before the factor)."""
-        return np.column_stack([self.X] + [self.extra[n] for n in _LORA_TERMS])
+        """What each of `_BASE_TERMS + _LORA_TERMS + (FRONTEND,)` multiplies, per row (the
+        base terms before the LoRA factor)."""
+        return np.column_stack([self.X] + [self.extra[n] for n in _LORA_TERMS + (FRONTEND,)])
 
     def predict(self, step_time: Mapping[str, Any]) -> np.ndarray:
         """Step times (ms) a profile's `step_time` section gives these rows."""
-        vals = {n: float(step_time.get(n, 0.0)) for n in _BASE_TERMS + _LORA_TERMS}
+        vals = {n: float(step_time.get(n, 0.0)) for n in _BASE_TERMS + _LORA_TERMS + (FRONTEND,)}
         vals.update({f"lora.{k}": float(v) for k, v in step_time["lora_factor"].items()})
         return self.step_ms(vals)
 
@@ -101,6 +106,8 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     no base-only rows `lora_factor.base` is pinned to 1 (the base terms absorb it).
     `weights` (one per row, >= 0) scale each row's squared residual: calibration passes them
     so that a few prefill rows are not drowned by hundreds of decode segments.
+    Rows with `ttft` true are times to first token (frontend + one prefill step): the
+    frontend's fixed cost is then fitted with the rest and returned as `frontend_ms`.
     """
     if len(rows) < 2:
         raise FitError("fit_step_time needs at least 2 measured steps")
@@ -121,7 +128,7 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     has_lora = bool(np.any(L > 0))
     has_base_on_lora = bool(np.any((L == 0) & lora_server))
     has_no_lora = bool(np.any(~lora_server))
-    names = list(_BASE_TERMS) + list(_LORA_TERMS) + [
+    names = list(_BASE_TERMS) + list(_LORA_TERMS) + [FRONTEND] + [
         "lora.base", "lora.per_adapter", "lora.per_rank_unit", "lora.base_only_on_lora_server"]
     for name, column in extra.items():
         if not np.any(column > 0):
@@ -153,6 +160,7 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     for n, v in (("per_lora_prefill_token_ms",
                   float(start.get("per_prefill_token_ms", 0.0)) or 1e-3),
                  ("per_lora_step_ms", 0.1 * float(start.get("base_ms", 0.0)) or 1e-3),
+                 (FRONTEND, float(start.get("base_ms", 0.0)) or 1.0),
                  ("lora.base", 1.0), ("lora.base_only_on_lora_server", 1.0),
                  ("lora.per_adapter", 0.01), ("lora.per_rank_unit", 1e-4)):
         if n in start:
@@ -174,6 +182,8 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     out: dict[str, Any] = {n: float(vals[n]) for n in _BASE_TERMS}
     for name in _LORA_TERMS:
         out[name] = float(vals[name])
+    if FRONTEND not in fixed:  # not a step-time coefficient: only reported when fitted
+        out[FRONTEND] = float(vals[FRONTEND])
     out["lora_factor"] = {k.split(".", 1)[1]: float(vals[k]) for k in names if k.startswith("lora.")}
     out["fit_report"] = {"rows": len(rows), "rms_ms": float(np.sqrt(np.mean(resid ** 2))),
                          "max_abs_ms": float(np.max(np.abs(resid))),
