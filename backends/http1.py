@@ -97,6 +97,12 @@ class Connection(asyncio.BufferedProtocol):
         self._sink, self._linger = sink, False
         self._waiter = self._pool.loop.create_future()
         self.requests += 1
+        if self.closed or self.transport.is_closing():
+            # the server hung up between connect and now: a write would vanish silently and
+            # the request wait out its whole timeout
+            self._waiter.set_exception(ServerDisconnectedError(
+                "Server disconnected before the request was sent"))
+            return self._waiter
         self.transport.write(data)
         return self._waiter
 
@@ -144,6 +150,9 @@ class Connection(asyncio.BufferedProtocol):
             self._fault(e.__context__ or e)
         except httptools.HttpParserError as e:
             self._fault(e)
+        except httptools.HttpParserUpgrade:  # 101 Switching Protocols: not an HTTP stream
+            self._fault(httptools.HttpParserError(
+                f"the server switched protocols (HTTP {self._parser.get_status_code()})"))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -195,7 +204,7 @@ class Connection(asyncio.BufferedProtocol):
     # ---- internals --------------------------------------------------------------------------
     def _end(self) -> None:
         if 100 <= self.status < 200:  # an interim response: the real one follows
-            self.status, self._started = 0, False
+            self.status, self._started, self._framed = 0, False, False
             return
         self.complete = True
         self._reusable = self._parser.should_keep_alive() and not self.closed
@@ -261,7 +270,8 @@ class ConnectionPool:
             except OSError as e:
                 errors.append(e)
                 continue
-            self._open.add(conn)
+            if not conn.closed:  # (a connection the server already closed fails on use)
+                self._open.add(conn)
             return conn
         if len({str(e) for e in errors}) == 1:
             raise errors[0]

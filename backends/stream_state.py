@@ -63,6 +63,14 @@ class StreamState:
 
     def feed(self, chunk: bytes) -> bool:
         """Read one piece of the body; True once the stream is over (nothing more to read)."""
+        try:
+            return self._feed(chunk)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+            # valid JSON of the wrong shape (`choices` an object, `usage` a list, ...)
+            return self.fail(f"malformed SSE data (unexpected shape: {type(e).__name__}: "
+                             f"{str(e)[:120]})")
+
+    def _feed(self, chunk: bytes) -> bool:
         attempt = self.attempt
         for _event, data in self.parser.feed(chunk):
             if data == b"[DONE]":

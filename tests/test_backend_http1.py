@@ -58,6 +58,17 @@ class RawServer:
                 model = json.loads(await reader.readexactly(length))["model"]
                 if model == "hangup":
                     break
+                if model == "upgrade":  # 101: the connection stops being HTTP
+                    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                                 b"Connection: Upgrade\r\n\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+                    break
+                if model == "wrong-shape":  # valid JSON, but `choices` is not a list
+                    body = b'data: {"choices": {"a": 1}}\n\n'
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+                    continue
                 if model == "eof":  # no length, no chunks: the body ends with the connection
                     writer.write(SSE_HEAD + b"\r\n" + _sse())
                     break
@@ -208,3 +219,37 @@ def test_connection_refused_text():
     assert attempts[0].error == (f"cannot connect: [Errno 111] Connect call failed "
                                  f"('127.0.0.1', {port})")
     assert attempts[0].sent is not None
+
+
+def test_upgrade_and_wrong_shaped_json_are_records_not_tracebacks(server):
+    attempts, _ = _send_all(f"http://127.0.0.1:{server.port}", ["upgrade", "wrong-shape", "ok"])
+    assert [a.status for a in attempts] == ["error", "error", "ok"]
+    assert attempts[0].error == "HttpParserError: the server switched protocols (HTTP 101)"
+    assert attempts[1].error.startswith("malformed SSE data (unexpected shape: ")
+
+
+def test_a_new_connection_closed_before_the_request_fails_at_once():
+    # a server that accepts and hangs up at once (a proxy at its limit, a draining server):
+    # each request must fail now, not wait out its timeout on a write that went nowhere
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        t0 = time.perf_counter()
+        attempts, left = _send_all(f"http://127.0.0.1:{listener.getsockname()[1]}", ["ok"] * 10)
+        assert time.perf_counter() - t0 < 3.0  # the timeout is 5 s per request
+        assert all(a.status == "error" and "ServerDisconnectedError" in a.error
+                   for a in attempts), [a.error for a in attempts]
+        assert left == 0
+    finally:
+        listener.close()
