@@ -62,7 +62,7 @@ def simulate_cluster(trace: Trace, configs: list[ServerConfig], profile: Profile
 
     order = np.argsort(trace.arrival_s, kind="stable")
     n_disp = len(order) if dispatch_until_s is None else int(
-        np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="right"))
+        np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="left"))  # as simulate()
     horizon_ns = FOREVER_NS if horizon_s is None else int(round(horizon_s * 1e9))
     arrival_ns = np.rint(trace.arrival_s[order] * 1e9).astype(np.int64).tolist()
     names = [a.name for a in trace.adapters]

@@ -184,7 +184,7 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
     """Replay `trace` on one simulated vLLM server.
 
     horizon_s: stop the engine there (requests not done are `unfinished`); default: run until
-    every request is done. dispatch_until_s: requests arriving later are never sent
+    every request is done. dispatch_until_s: requests arriving at or after it are never sent
     (`cancelled`). emit: receive each record as it finishes instead of keeping them (memory
     stays flat over millions of requests). rows: only these trace rows (multi-replica routing).
     """
@@ -203,7 +203,8 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
     arrival_ns = np.rint(trace.arrival_s[order] * 1e9).astype(np.int64)
     dispatched = len(order)
     if dispatch_until_s is not None:
-        dispatched = int(np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="right"))
+        # rows arriving at or after it are not sent, as the real backend (replay.dispatch)
+        dispatched = int(np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="left"))
     horizon_ns = FOREVER_NS if horizon_s is None else int(round(horizon_s * 1e9))
     adapter_names = [a.name for a in trace.adapters]
     has_prefix = trace.prefix_flat is not None and engine.pool.caching
