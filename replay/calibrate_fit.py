@@ -46,12 +46,12 @@ def quality(rows: list[dict], st: dict) -> dict[str, Any]:
 
 def _ttft_rows(prefill: list[dict]) -> list[dict]:
     """Prefill points as the model sees them in the fit: a TTFT = frontend + one step."""
-    return [{**{k: r[k] for k in FIT_KEYS if k != "step_ms"}, "step_ms": r["ttft_ms"],
-             "ttft": True} for r in prefill]
+    return [{"kind": r["kind"], **{k: r[k] for k in FIT_KEYS if k != "step_ms"},
+             "step_ms": r["ttft_ms"], "ttft": True} for r in prefill]
 
 
 def _fit_rows(rows: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in FIT_KEYS} for r in rows]
+    return [{"kind": r["kind"], **{k: r[k] for k in FIT_KEYS}} for r in rows]
 
 
 def kind_weights(rows: list[dict]) -> np.ndarray:
@@ -84,12 +84,12 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
     st = fit_step_time(fit_rows, fix=fix, weights=weights)
     report = st.pop("fit_report")
     rel = refine_relative(fit_rows, st, fix, weights)
+    report["absolute_fit_quality"] = quality(fit_rows, st)["all"]  # with its own frontend
     f_ms = float(rel.pop(FRONTEND, 0.0))
     st.pop(FRONTEND, None)
     for r in prefill:  # the step alone, for the quality report and the plot
         r["step_ms"] = max(1e-3, r["ttft_ms"] - f_ms)
     rows = decode + prefill
-    report["absolute_fit_quality"] = quality(rows, st)["all"]
     report["refined"] = "relative residuals (twin.fit minimises absolute ms, which lets the " \
                         "slowest rows dominate when steps span 10-1000 ms); each kind of row " \
                         "weighs the same in total; prefill points enter as TTFTs with the " \
