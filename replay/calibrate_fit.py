@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
 from twinbench.twin.fit import FRONTEND, StepDesign, fit_adapter_loads, fit_step_time
 from twinbench.twin.fit import predict_step_ms as predict
