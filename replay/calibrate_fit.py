@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from twinbench.twin.fit import FRONTEND, StepDesign, fit_adapter_loads, fit_step_time
+from twinbench.twin.fit import (FRONTEND, LORA_FACTOR_KEYS, TERMS, StepDesign,
+                               fit_adapter_loads, fit_step_time)
 from twinbench.twin.fit import predict_step_ms as predict
 from twinbench.twin.profile import SCHEMA_VERSION, Profile
 
@@ -99,11 +100,6 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
             "fit_s": time.perf_counter() - t0}
 
 
-_TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_token_ms",
-          "per_prefill_attention_pair_ms", "per_lora_prefill_token_ms", "per_lora_step_ms",
-          FRONTEND)  # the columns of StepDesign.term_columns()
-_LORA = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
-
 
 def refine_relative(rows: list[dict], st: dict, fix: dict,
                     weights: np.ndarray | None = None) -> dict:
@@ -115,12 +111,12 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     from scipy.optimize import least_squares
 
     y = np.array([r["step_ms"] for r in rows], dtype=np.float64)
-    start = [st.get(k, 0.0) for k in _TERMS] + [st["lora_factor"][k] for k in _LORA]
+    start = [st.get(k, 0.0) for k in TERMS] + [st["lora_factor"][k] for k in LORA_FACTOR_KEYS]
     design = StepDesign(rows)
     columns = design.term_columns()
-    pinned = {j for j in range(1, len(_TERMS)) if not columns[:, j].any()}
+    pinned = {j for j in range(1, len(TERMS)) if not columns[:, j].any()}
     has_lora = any(r["adapters"] for r in rows)
-    lora_idx = {k: len(_TERMS) + i for i, k in enumerate(_LORA)}
+    lora_idx = {k: len(TERMS) + i for i, k in enumerate(LORA_FACTOR_KEYS)}
     if not has_lora:
         pinned |= {lora_idx["base"], lora_idx["per_adapter"], lora_idx["per_rank_unit"]}
     if not any(r["rank_sum"] for r in rows):
@@ -134,13 +130,13 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
         vals = list(start)
         for i, v in zip(free, theta):
             vals[i] = float(v)
-        out = {k: vals[j] for j, k in enumerate(_TERMS)}
-        out["lora_factor"] = {k: vals[lora_idx[k]] for k in _LORA}
+        out = {k: vals[j] for j, k in enumerate(TERMS)}
+        out["lora_factor"] = {k: vals[lora_idx[k]] for k in LORA_FACTOR_KEYS}
         return out
 
     # parameter scales: at least a term's typical size, so a start at 0 is not frozen there
     typical = list(float(np.mean(y)) * 1e-2 / np.maximum(columns.max(axis=0), 1e-30))
-    typical += [0.01] * len(_LORA)
+    typical += [0.01] * len(LORA_FACTOR_KEYS)
     scale = np.array([max(abs(start[i]), typical[i]) for i in free])
     x0 = np.array([start[i] for i in free]) / scale
     y = np.maximum(y, 1e-3)

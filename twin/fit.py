@@ -37,6 +37,9 @@ _BASE_TERMS = ("base_ms", "per_decode_seq_ms", "per_kv_token_ms", "per_prefill_t
 _LORA_TERMS = ("per_lora_prefill_token_ms", "per_lora_step_ms")
 # HTTP, tokenisation and streaming around the first step: fitted only when rows are TTFTs
 FRONTEND = "frontend_ms"
+# every additive coefficient, in the order of StepDesign.term_columns()
+TERMS = _BASE_TERMS + _LORA_TERMS + (FRONTEND,)
+LORA_FACTOR_KEYS = ("base", "per_adapter", "per_rank_unit", "base_only_on_lora_server")
 
 
 class FitError(TwinbenchError):
@@ -71,13 +74,12 @@ class StepDesign:
                       FRONTEND: np.array([1.0 if r.get("ttft") else 0.0 for r in rows])}
 
     def term_columns(self) -> np.ndarray:
-        """What each of `_BASE_TERMS + _LORA_TERMS + (FRONTEND,)` multiplies, per row (the
-        base terms before the LoRA factor)."""
-        return np.column_stack([self.X] + [self.extra[n] for n in _LORA_TERMS + (FRONTEND,)])
+        """What each of `TERMS` multiplies, per row (the base terms before the LoRA factor)."""
+        return np.column_stack([self.X] + [self.extra[n] for n in TERMS[len(_BASE_TERMS):]])
 
     def predict(self, step_time: Mapping[str, Any]) -> np.ndarray:
         """Step times (ms) a profile's `step_time` section gives these rows."""
-        vals = {n: float(step_time.get(n, 0.0)) for n in _BASE_TERMS + _LORA_TERMS + (FRONTEND,)}
+        vals = {n: float(step_time.get(n, 0.0)) for n in TERMS}
         vals.update({f"lora.{k}": float(v) for k, v in step_time["lora_factor"].items()})
         return self.step_ms(vals)
 
@@ -128,8 +130,7 @@ def fit_step_time(rows: Sequence[Mapping[str, Any]], fix: Mapping[str, float] | 
     has_lora = bool(np.any(L > 0))
     has_base_on_lora = bool(np.any((L == 0) & lora_server))
     has_no_lora = bool(np.any(~lora_server))
-    names = list(_BASE_TERMS) + list(_LORA_TERMS) + [FRONTEND] + [
-        "lora.base", "lora.per_adapter", "lora.per_rank_unit", "lora.base_only_on_lora_server"]
+    names = list(TERMS) + [f"lora.{k}" for k in LORA_FACTOR_KEYS]
     for name, column in extra.items():
         if not np.any(column > 0):
             fixed.setdefault(name, 0.0)
