@@ -19,7 +19,7 @@ from twinbench.traces.core import Trace
 from twinbench.twin.config import ServerConfig
 from twinbench.twin.profile import Profile
 from twinbench.twin.simulation import (FOREVER_NS, SimResult, _Collector, _emit_plain, _RowIds,
-                                     engine_for, finish_records, run_info)
+                                     dispatched_count, engine_for, finish_records, run_info)
 
 ROUTERS = ("round-robin", "least-outstanding", "adapter-affinity")
 
@@ -61,8 +61,7 @@ def simulate_cluster(trace: Trace, configs: list[ServerConfig], profile: Profile
         eng.on_finish = finished_hook(col, eng)
 
     order = np.argsort(trace.arrival_s, kind="stable")
-    n_disp = len(order) if dispatch_until_s is None else int(
-        np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="left"))  # as simulate()
+    n_disp = dispatched_count(trace.arrival_s[order], dispatch_until_s)
     horizon_ns = FOREVER_NS if horizon_s is None else int(round(horizon_s * 1e9))
     arrival_ns = np.rint(trace.arrival_s[order] * 1e9).astype(np.int64).tolist()
     names = [a.name for a in trace.adapters]

@@ -201,10 +201,7 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
                            warmup_requests, replica, emit)
     engine.on_finish = collector
     arrival_ns = np.rint(trace.arrival_s[order] * 1e9).astype(np.int64)
-    dispatched = len(order)
-    if dispatch_until_s is not None:
-        # rows arriving at or after it are not sent, as the real backend (replay.dispatch)
-        dispatched = int(np.searchsorted(trace.arrival_s[order], dispatch_until_s, side="left"))
+    dispatched = dispatched_count(trace.arrival_s[order], dispatch_until_s)
     horizon_ns = FOREVER_NS if horizon_s is None else int(round(horizon_s * 1e9))
     adapter_names = [a.name for a in trace.adapters]
     has_prefix = trace.prefix_flat is not None and engine.pool.caching
@@ -248,6 +245,14 @@ def simulate(trace: Trace, config: ServerConfig, profile: Profile | str, *,
         stats["prefix_hit_blocks"] = engine.pool.hits
     return SimResult(records=collector.records, info=run_info(engine, profile, mode, stats, replica),
                      stats=stats, sketches=sketches, step_log=step_log)
+
+
+def dispatched_count(sorted_arrival_s: np.ndarray, dispatch_until_s: float | None) -> int:
+    """How many of these arrivals are sent: those before `dispatch_until_s` (`--duration`);
+    a row arriving at or after it is not sent, as on the real backend (replay.dispatch)."""
+    if dispatch_until_s is None:
+        return len(sorted_arrival_s)
+    return int(np.searchsorted(sorted_arrival_s, dispatch_until_s, side="left"))
 
 
 _PENDING = ("pending",)
