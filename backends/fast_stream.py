@@ -65,7 +65,7 @@ class FastStreamSender:
                 try:
                     conn = await asyncio.wait_for(self.pool.connect(), timeout_s)
                 except (asyncio.TimeoutError, TimeoutError):
-                    raise
+                    raise  # TimeoutError is an OSError: recorded as a timeout below, not here
                 except OSError as e:
                     state.cannot_connect(e)
                     return
