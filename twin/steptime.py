@@ -133,10 +133,10 @@ class StepModel:
         included), or after `max_steps`. Same integers as `step_ns` step by step.
         """
         fbp = self.factor_bp(n_adapters, rank_sum)
-        sched_ns = self._constant_ns(n_adapters, running, waiting)
+        const_ns = self._constant_ns(n_adapters, running, waiting)
         fs = self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens0
         fs_step = self.kv_token_fs * decode_seqs
-        first_ns = (fs // 1000) * fbp // _BP // 1000 + sched_ns
+        first_ns = (fs // 1000) * fbp // _BP // 1000 + const_ns
         bound = max_steps
         if first_ns > 0 and fs_step >= 0 and fbp >= 0:
             # durations never shrink, so at most (limit - start) // first steps end by the limit:
@@ -146,7 +146,7 @@ class StepModel:
             ends = []
             t = start_ns
             for _ in range(bound):
-                t += (fs // 1000) * fbp // _BP // 1000 + sched_ns
+                t += (fs // 1000) * fbp // _BP // 1000 + const_ns
                 ends.append(t)
                 if t > limit_ns:
                     break
