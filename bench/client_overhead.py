@@ -3,8 +3,10 @@
 Open-loop replays (Poisson arrivals, 128-token id prompts, 64-token streams) against
 `twinbench serve` at 100, 250, 500, 1000 and 2000 req/s, with one worker and with
 `--workers 2`. Prints per run: dispatch lag p50/p99/max (sent - arrival - client queue),
-achieved send rate, requests ok, CPU of client and server (share of one core) and the
-client's CPU per SSE message received (us/msg: what bounds the rate one process can take).
+achieved send rate, requests ok, CPU of client and server (share of one core), the
+client's CPU per SSE message received (us/msg: what bounds the rate one process can take) and
+how late tokens arrive against the served twin's own schedule (`twinbench serve`'s wall-clock
+agreement, with the client's reading delay in it).
 
 Pinning (2 cores): the server runs under `nice -n -10 taskset -c 1`, the client's main process
 under `nice -n -10 taskset -c 0`; with 2 workers the spawned worker process is moved to core 1 with
@@ -218,6 +220,24 @@ def pin_children(pid: int, core: int, until: float) -> list[int]:
     return pinned
 
 
+def delivery_lateness_ms(records, speed: float) -> np.ndarray:
+    """How late each token reached the client against the served twin's own schedule: its
+    receive time minus its simulated time (each chunk's `extra.twin.chunk_times_ns` / speed),
+    less the smallest such difference of the twin's epoch (the epoch's origin is not known to
+    the client). Server stalls (a full garbage collection, a busy loop) and a client that reads
+    late both show here: it is the wall-clock agreement of `twinbench serve`."""
+    by_epoch: dict[int, list[np.ndarray]] = {}
+    for r in records:
+        tw = (r.extra or {}).get("twin") or {}
+        sim = tw.get("chunk_times_ns")
+        if r.status != "ok" or r.chunk_times is None or not sim or len(sim) != len(r.chunk_times):
+            continue
+        by_epoch.setdefault(tw.get("epoch", 0), []).append(
+            np.asarray(r.chunk_times) - np.asarray(sim, dtype=np.float64) / 1e9 / speed)
+    parts = [np.concatenate(v) for v in by_epoch.values()]
+    return np.concatenate([p - p.min() for p in parts]) * 1e3 if parts else np.empty(0)
+
+
 def one(rate: float, workers: int, args, tmp: str) -> dict:
     server, url = start_server(args.profile, args.speed)
     try:
@@ -255,6 +275,7 @@ def one(rate: float, workers: int, args, tmp: str) -> dict:
     ok = sum(r.status == "ok" for r in run.records)
     wall = cpu["wall_s"]
     messages = sum(0 if r.chunk_times is None else len(r.chunk_times) + 1 for r in run.records)
+    late = delivery_lateness_ms(run.records, args.speed)
     return {"rate": rate, "workers": workers, "requests": len(run.records), "ok": ok,
             "lag_p50_ms": float(np.percentile(lag, 50)),
             "lag_p99_ms": float(np.percentile(lag, 99)),
@@ -265,6 +286,9 @@ def one(rate: float, workers: int, args, tmp: str) -> dict:
             "client_us_per_msg":
                 1e6 * (cpu["main_cpu_s"] + cpu["workers_cpu_s"]) / max(1, messages),
             "server_cpu": (s1 - s0) / wall, "wall_s": wall,
+            "late_p50_ms": float(np.percentile(late, 50)) if len(late) else float("nan"),
+            "late_p99_ms": float(np.percentile(late, 99)) if len(late) else float("nan"),
+            "late_max_ms": float(late.max()) if len(late) else float("nan"),
             "top_error": max(errors.items(), key=lambda kv: kv[1]) if errors else None}
 
 
@@ -300,7 +324,8 @@ def main() -> None:
           f"stream client: {stream_client()}")
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
     print(f"{'rate':>6} {'wk':>3} {'reqs':>6} {'ok':>6} {'lag p50':>8} {'lag p99':>8} "
-          f"{'lag max':>8} {'achieved':>9} {'client':>7} {'(main)':>7} {'us/msg':>7} {'server':>7}")
+          f"{'lag max':>8} {'achieved':>9} {'client':>7} {'(main)':>7} {'us/msg':>7} {'server':>7}"
+          f"  token late p50/p99/max")
     with tempfile.TemporaryDirectory() as tmp:
         for workers in [int(w) for w in args.workers.split(",")]:
             for rate in [float(r) for r in args.rates.split(",")]:
@@ -309,7 +334,8 @@ def main() -> None:
                       f"{r['lag_p50_ms']:6.2f}ms {r['lag_p99_ms']:6.2f}ms {r['lag_max_ms']:6.1f}ms "
                       f"{r['achieved_rate']:7.1f}/s {100 * r['client_cpu']:6.0f}% "
                       f"{100 * r['client_main_cpu']:6.0f}% {r['client_us_per_msg']:7.1f} "
-                      f"{100 * r['server_cpu']:6.0f}%"
+                      f"{100 * r['server_cpu']:6.0f}%  {r['late_p50_ms']:.1f}/"
+                      f"{r['late_p99_ms']:.1f}/{r['late_max_ms']:.1f} ms"
                       + (f"  [{r['top_error'][1]}x {r['top_error'][0]}]" if r["top_error"] else ""),
                       flush=True)
 
