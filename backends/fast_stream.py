@@ -14,7 +14,7 @@ to the other, default asyncio loop:
       with uvloop: this client ~24, the floor ~17, aiohttp 38-58
     bench/client_overhead.py against `twinbench serve`, 500 req/s, one worker
       aiohttp: 44 us/msg, client 71 % of a core, dispatch lag p99 151 ms
-      this client: 34 us/msg, 53 % of a core, p99 67 ms; with `openai_run.frozen_heap`
+      this client: 34 us/msg, 53 % of a core, p99 67 ms; with `gcpause.frozen_heap`
       p99 13-21 ms, where aiohttp stays at 180 ms in the same conditions
 
 The lag left comes from bursts: the server writes one message per running stream per engine

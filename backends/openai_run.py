@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib.util
 import os
 import resource
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -25,6 +24,7 @@ from twinbench.replay.dispatch import Attempt, DispatchStats, Sender, dispatch, 
 from twinbench.replay.progress import Progress
 from twinbench.replay.workers import WorkerPool, shares
 from twinbench.traces.core import Trace
+from twinbench.traces.gcpause import frozen_heap
 
 if TYPE_CHECKING:
     from twinbench.backends.openai import OpenAIConfig
@@ -48,32 +48,6 @@ def open_session(limit: int | None) -> aiohttp.ClientSession:
                                      keepalive_timeout=60, ttl_dns_cache=None)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                  timeout=aiohttp.ClientTimeout(total=None))
-
-
-FULL_GC_OFF = 1 << 30  # gc threshold of the oldest generation during a run: never reached
-
-
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """No full garbage collection during the run; the young generations still collect.
-
-    A full collection scans every tracked object, and a run keeps many alive (attempts in
-    flight, their stamps, the plan): mid-run one took 17-100 ms, a stall that shows as
-    dispatch lag (one such pause puts ~1 % of a 500 req/s run 20-100 ms late). What exists
-    before time 0 is frozen (left out of every scan) and the oldest generation's threshold is
-    lifted; cycles that survive the young collections wait for the end of the run, when the
-    threshold and the frozen objects are put back and one full collection runs (a replay makes
-    almost no cycles: 3,000 requests at 500 req/s with collection off left 8 objects)."""
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], FULL_GC_OFF)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-        gc.collect()
 
 
 def raise_fd_limit() -> None:

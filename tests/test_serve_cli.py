@@ -120,3 +120,33 @@ def test_sigterm_ends_in_flight_streams_and_exits(twin_server_launcher):
     assert proc.wait(timeout=20) == 0  # no wait for the 4000-token generation
     rest = resp.read().decode()
     assert '"code": 503' in rest and rest.rstrip().endswith("data: [DONE]")
+
+
+def test_full_collections_wait_until_the_server_is_idle():
+    import asyncio
+    import gc
+
+    from twinbench.traces.gcpause import IdleFullCollections
+
+    busy = {"on": True}
+
+    async def scenario() -> tuple[int, int, int]:
+        policy = IdleFullCollections(lambda: not busy["on"], check_s=0.01, max_defer_s=3600)
+        policy.start()
+        try:
+            assert gc.get_threshold()[2] > 10**6  # no automatic full collection
+            for _ in range(12):
+                gc.collect(1)  # young collections: promote enough to make a full one due
+            await asyncio.sleep(0.1)
+            while_busy = policy.full_collections
+            busy["on"] = False
+            await asyncio.sleep(0.1)
+            when_idle = policy.full_collections
+            return while_busy, when_idle, gc.get_count()[2]
+        finally:
+            policy.stop()
+
+    before = gc.get_threshold()
+    while_busy, when_idle, promoted = asyncio.run(scenario())
+    assert while_busy == 0 and when_idle >= 1 and promoted < 10
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

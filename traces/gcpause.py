@@ -1,4 +1,5 @@
-"""Pause Python's cyclic garbage collector around allocation-heavy work.
+"""When Python's cyclic garbage collector may run: paused around allocation-heavy work, and no
+full collection while timing matters.
 
 Bulk work here (reading a million-record run file, simulating a trace) allocates millions of
 short-lived objects while keeping millions alive. Each allocation burst triggers the
@@ -8,9 +9,13 @@ cycles, if any, are collected after the pause.
 """
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
+
+FULL_GC_OFF = 1 << 30  # threshold of the oldest generation that is never reached
 
 
 @contextmanager
@@ -22,3 +27,77 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """No full garbage collection inside the block; the young generations still collect.
+
+    A full collection scans every tracked object, and a replay keeps many alive (attempts in
+    flight, their stamps, the plan): mid-run one took 17-100 ms, a stall that shows as
+    dispatch lag (one such pause puts ~1 % of a 500 req/s run 20-100 ms late). What exists
+    before the block is frozen (left out of every scan) and the oldest generation's threshold
+    is lifted; cycles that survive the young collections wait for the end, when the threshold
+    and the frozen objects are put back and one full collection runs (a replay makes almost no
+    cycles: 3,000 requests at 500 req/s with collection off left 8 objects)."""
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], FULL_GC_OFF)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+        gc.collect()
+
+
+class IdleFullCollections:
+    """For a long-running server that must keep time (`twinbench serve`): full collections
+    only while it is idle, or at the latest every `max_defer_s` under continuous load.
+
+    Under load a full collection of the served twin (thousands of streams and engine requests
+    alive) took 48-135 ms; no token is streamed meanwhile. The start-up heap is frozen, the
+    oldest generation's automatic collection is off, and a check every `check_s` collects
+    fully once the young collections have promoted as much as would have triggered a full
+    collection by default and `is_idle()` held at two checks in a row (so that a collection
+    rarely meets the first requests of a run)."""
+
+    def __init__(self, is_idle: Callable[[], bool], check_s: float = 1.0,
+                 max_defer_s: float = 300.0):
+        self.is_idle = is_idle
+        self.check_s = check_s
+        self.max_defer_s = max_defer_s
+        self.full_collections = 0
+        self._idle_checks = 0
+        self._thresholds: tuple[int, int, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        gc.collect()
+        gc.freeze()
+        self._thresholds = gc.get_threshold()
+        gc.set_threshold(self._thresholds[0], self._thresholds[1], FULL_GC_OFF)
+        self._last = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(self.check_s, self._check)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        self._idle_checks = self._idle_checks + 1 if self.is_idle() else 0
+        promoted = gc.get_count()[2]
+        due = self._thresholds is not None and promoted >= self._thresholds[2]
+        if (due and self._idle_checks >= 2) or (promoted and now - self._last >= self.max_defer_s):
+            gc.collect()
+            self.full_collections += 1
+            self._last = now
+        self._timer = asyncio.get_running_loop().call_later(self.check_s, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            gc.unfreeze()
+            self._thresholds = None

@@ -127,6 +127,8 @@ async def _serve(server, quiet: bool) -> int:
     import asyncio
     import signal
 
+    from twinbench.traces.gcpause import IdleFullCollections
+
     try:
         port = await server.start()
     except OSError as e:
@@ -140,8 +142,12 @@ async def _serve(server, quiet: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # a full collection while streams are in flight held every stream back 48-135 ms
+    collections = IdleFullCollections(lambda: server.twin is None or not server.twin.active)
+    collections.start()
     try:
         await stop.wait()
     finally:
+        collections.stop()
         await server.stop()
     return 0
