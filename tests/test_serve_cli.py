@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -122,31 +123,46 @@ def test_sigterm_ends_in_flight_streams_and_exits(twin_server_launcher):
     assert '"code": 503' in rest and rest.rstrip().endswith("data: [DONE]")
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="incremental collector: no policy")
 def test_full_collections_wait_until_the_server_is_idle():
     import asyncio
     import gc
 
     from twinbench.traces.gcpause import IdleFullCollections
 
-    busy = {"on": True}
+    busy = {"on": False}
 
-    async def scenario() -> tuple[int, int, int]:
-        policy = IdleFullCollections(lambda: not busy["on"], check_s=0.01, max_defer_s=3600)
+    def promote() -> None:
+        for _ in range(12):
+            gc.collect(1)  # young collections: promote enough to make a full one due
+
+    async def scenario() -> dict:
+        # max_defer_s: a full collection at the latest after this much *busy* time
+        policy = IdleFullCollections(lambda: not busy["on"], check_s=0.01, max_defer_s=0.5)
         policy.start()
+        seen = {}
         try:
             assert gc.get_threshold()[2] > 10**6  # no automatic full collection
-            for _ in range(12):
-                gc.collect(1)  # young collections: promote enough to make a full one due
-            await asyncio.sleep(0.1)
-            while_busy = policy.full_collections
+            await asyncio.sleep(0.8)  # idle for longer than max_defer_s, nothing due
+            seen["idle, nothing due"] = policy.full_collections
+            busy["on"] = True
+            promote()
+            await asyncio.sleep(0.1)  # busy, a collection due, but not busy for max_defer_s
+            seen["busy"] = policy.full_collections
+            await asyncio.sleep(0.6)  # busy for longer than max_defer_s
+            seen["busy past the limit"] = policy.full_collections
+            promote()
             busy["on"] = False
-            await asyncio.sleep(0.1)
-            when_idle = policy.full_collections
-            return while_busy, when_idle, gc.get_count()[2]
+            await asyncio.sleep(0.2)
+            seen["idle again"] = policy.full_collections
+            seen["promoted"] = gc.get_count()[2]
         finally:
             policy.stop()
+        return seen
 
     before = gc.get_threshold()
-    while_busy, when_idle, promoted = asyncio.run(scenario())
-    assert while_busy == 0 and when_idle >= 1 and promoted < 10
+    seen = asyncio.run(scenario())
+    assert seen["idle, nothing due"] == 0 and seen["busy"] == 0, seen
+    assert seen["busy past the limit"] == 1 and seen["idle again"] == 2, seen
+    assert seen["promoted"] < 10
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0

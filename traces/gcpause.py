@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -61,7 +62,9 @@ class IdleFullCollections:
     oldest generation's automatic collection is off, and a check every `check_s` collects
     fully once the young collections have promoted as much as would have triggered a full
     collection by default and `is_idle()` held at two checks in a row (so that a collection
-    rarely meets the first requests of a run)."""
+    rarely meets the first requests of a run). `max_defer_s` counts continuous busy time.
+    Python 3.14's incremental collector has no long full pass to defer: there the policy
+    leaves the collector as it is."""
 
     def __init__(self, is_idle: Callable[[], bool], check_s: float = 1.0,
                  max_defer_s: float = 300.0):
@@ -72,26 +75,34 @@ class IdleFullCollections:
         self._idle_checks = 0
         self._thresholds: tuple[int, int, int] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last = time.monotonic()
+        self._busy_since = time.monotonic()
 
     def start(self) -> None:
+        if sys.version_info >= (3, 14):  # incremental: the third threshold is not used
+            return
         gc.collect()
         gc.freeze()
         self._thresholds = gc.get_threshold()
         gc.set_threshold(self._thresholds[0], self._thresholds[1], FULL_GC_OFF)
-        self._last = time.monotonic()
+        self._busy_since = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(self.check_s, self._check)
 
     def _check(self) -> None:
-        now = time.monotonic()
-        self._idle_checks = self._idle_checks + 1 if self.is_idle() else 0
-        promoted = gc.get_count()[2]
-        due = self._thresholds is not None and promoted >= self._thresholds[2]
-        if (due and self._idle_checks >= 2) or (promoted and now - self._last >= self.max_defer_s):
-            gc.collect()
-            self.full_collections += 1
-            self._last = now
-        self._timer = asyncio.get_running_loop().call_later(self.check_s, self._check)
+        try:
+            now = time.monotonic()
+            idle = self.is_idle()
+            self._idle_checks = self._idle_checks + 1 if idle else 0
+            promoted = gc.get_count()[2]
+            due = self._thresholds is not None and promoted >= self._thresholds[2]
+            if (due and self._idle_checks >= 2) or (
+                    promoted and now - self._busy_since >= self.max_defer_s):
+                gc.collect()
+                self.full_collections += 1
+                self._busy_since = now
+            elif idle:
+                self._busy_since = now  # the limit counts busy time only
+        finally:
+            self._timer = asyncio.get_running_loop().call_later(self.check_s, self._check)
 
     def stop(self) -> None:
         if self._timer is not None:
