@@ -324,15 +324,12 @@ def _chunks(ct: list, cn: list, seg: list
 
 
 def _join(arrays: list, counts: np.ndarray) -> np.ndarray:
-    """`np.concatenate(arrays)` as float64, filled slice by slice into one preallocated buffer,
-    so that buffer can be prefaulted (for 1M arrays of 100 the copy itself also measured
-    0.6-0.7 s against 0.9-1.3 s for `np.concatenate` on warm memory)."""
-    ends = np.cumsum(counts)
-    out = _prefaulted_float64(int(ends[-1]) if len(ends) else 0)
-    start = 0
-    for a, end in zip(arrays, ends.tolist()):
-        out[start:end] = a
-        start = end
+    """`np.concatenate(arrays)` as float64 into one preallocated buffer, so that buffer can be
+    prefaulted (1M arrays of 100: `np.concatenate(..., out=)` 0.24-0.28 s; filling slice by
+    slice from Python 0.58-0.65 s; a fresh `np.concatenate` pays the first touch on top)."""
+    out = _prefaulted_float64(int(counts.sum()))
+    if len(arrays):
+        np.concatenate(arrays, out=out)
     return out
 
 
