@@ -263,11 +263,8 @@ class TwinServer:
         while not done:
             # the events that are due, written at once: one send per wake-up, so a server that
             # fell behind catches up instead of paying a system call per token
-            batch = [await events.get()]
-            while not events.empty():
-                batch.append(events.get_nowait())
             parts = []
-            for ev in batch:
+            for ev in await events.take():
                 if isinstance(ev, RequestRefused):
                     err = json.dumps(_refusal(ev).to_json()).encode()  # vLLM's spacing
                     parts.append(b"data: " + err + b"\n\n")
@@ -299,12 +296,14 @@ class TwinServer:
         return resp
 
     async def _whole(self, ask: CompletionAsk, sim: SimRequest) -> web.Response:
-        while True:
-            ev = await sim.events.get()
-            if isinstance(ev, RequestRefused):
-                raise _refusal(ev)
-            if ev.finished:
-                break
+        finished = False
+        while not finished:
+            for ev in await sim.events.take():
+                if isinstance(ev, RequestRefused):
+                    raise _refusal(ev)
+                if ev.finished:
+                    finished = True
+                    break
         text = TOKEN_TEXT * sim.generated
         if ask.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},

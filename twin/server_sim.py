@@ -23,9 +23,39 @@ from typing import Any, Callable
 NS = 1_000_000_000
 
 
+class EventBox:
+    """A request's events: the twin appends, the HTTP handler takes all that are there.
+
+    One future per wait instead of asyncio.Queue's machinery per item: with one token per
+    stream per engine step, the queue's put and get were a tenth of the served twin's time."""
+
+    __slots__ = ("items", "_waiter")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, event: Any) -> None:
+        self.items.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list:
+        """Every event not yet taken, in order (waits for at least one)."""
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self.items = self.items, []
+        return items
+
+
 @dataclass
 class SimRequest:
-    """One request inside the simulation, and the queue its HTTP handler reads."""
+    """One request inside the simulation, and the box of events its HTTP handler reads."""
 
     request_id: str
     model: str
@@ -35,7 +65,7 @@ class SimRequest:
     arrival_ns: int
     arrival_late_ns: int = 0
     epoch: int = 0
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: EventBox = field(default_factory=EventBox)
     first_token_ns: int | None = None
     finish_ns: int | None = None
     generated: int = 0
@@ -54,7 +84,7 @@ class SimRequest:
 
 @dataclass(frozen=True)
 class RequestRefused:
-    """Put in a request's queue instead of a token event when the engine refuses it (or the
+    """Put in a request's event box instead of a token event when the engine refuses it (or the
     server shuts down)."""
 
     message: str
@@ -71,7 +101,7 @@ class Epoch:
 
 
 class RealtimeTwin:
-    """Owns the engine (one per epoch) and feeds its events to request queues."""
+    """Owns the engine (one per epoch) and feeds its events to the requests' event boxes."""
 
     def __init__(self, make_engine: Callable[[], Any], speed: float = 1.0,
                  slack_s: float = 0.25, loop: asyncio.AbstractEventLoop | None = None):
