@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         info, status, sink = replay_to_file(trace, backend, options, out,
                                             force=args.force or tmp is not None,
                                             label=args.label)
-        _print_summary(out, args, info)
+        _print_summary(out, args, info, cache=tmp is None)
     finally:
         if tmp is not None:
             os.unlink(tmp)
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if status == "complete" else 130
 
 
-def _print_summary(path: str, args: argparse.Namespace, info) -> None:
+def _print_summary(path: str, args: argparse.Namespace, info, cache: bool) -> None:
+    """`cache`: leave the column cache beside a large run file (not beside a temporary one)."""
     try:
         from twinbench.reports.load import load_path
         from twinbench.reports.metrics import summarize
@@ -133,7 +134,7 @@ def _print_summary(path: str, args: argparse.Namespace, info) -> None:
         ok = [r for r in run.records if r.status == "ok"]
         print(f"requests: {len(run.records)}, ok: {len(ok)}")
         return
-    summary = summarize(load_path(path), drain_limit_s=args.drain_limit)
+    summary = summarize(load_path(path, cache=cache), drain_limit_s=args.drain_limit)
     print(terminal_table([summary]))
     table = adapter_table(summary)
     if table:

@@ -61,14 +61,16 @@ def run(args: argparse.Namespace) -> int:
     reuse_freed_memory()  # big runs: reuse freed arrays instead of page-faulting anew
     bounds = parse_fail_on(args.fail_on) if args.fail_on else None
     kwargs = summary_kwargs(args)
-    summaries = summarize_paths(args.runs, kwargs, quiet=args.quiet)
+    summaries = summarize_paths(args.runs, kwargs, quiet=args.quiet,
+                                cache=not args.no_cache)
     if args.noise_floor:
         nf = noise_floor(summaries)
         print(dumps_json(nf.to_dict()) if args.json else _noise_text(nf, args.markdown))
         return 0
     noise = None
     if args.noise:
-        noise = noise_floor([summaries[0]] + summarize_paths(args.noise, kwargs, args.quiet))
+        noise = noise_floor([summaries[0]] + summarize_paths(args.noise, kwargs, args.quiet,
+                                                             not args.no_cache))
     comp = compare(*summaries)
     gate = None
     if bounds:

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     reuse_freed_memory()  # big runs: reuse freed arrays instead of page-faulting anew
     check_writable(args.export_vllm, args.force, "--export-vllm")
     kwargs = summary_kwargs(args)
-    summaries = summarize_paths(args.runs, kwargs, quiet=args.quiet)
+    summaries = summarize_paths(args.runs, kwargs, quiet=args.quiet,
+                                cache=not args.no_cache)
     if args.json:
         docs = [s.to_dict() for s in summaries]
         print(dumps_json(docs[0] if len(docs) == 1 else docs))
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     if args.export_vllm:
         from twinbench.reports.load import load_path
         from twinbench.reports.vllm_io import to_vllm_result
-        doc = to_vllm_result(summaries[0], load_path(args.runs[0]), kwargs["percentiles"])
+        doc = to_vllm_result(summaries[0], load_path(args.runs[0], cache=not args.no_cache), kwargs["percentiles"])
         write_text(args.export_vllm, dumps_json(doc), args.force, "--export-vllm")
     return 0

@@ -61,7 +61,10 @@ def is_vllm_result(path: str) -> bool:
         b'"duration"' in head or b'"date"' in head or b'"backend"' in head)
 
 
-def load_path(path: str | os.PathLike, fast: bool = True) -> LoadedRun:
+def load_path(path: str | os.PathLike, fast: bool = True, cache: bool = True) -> LoadedRun:
+    """`cache`: for a large run file, use (or leave) the binary column cache beside it
+    (`reports/colcache.py`); the first read of such a file writes it, later reads skip the
+    JSON."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise RunFileError(f"{path}: no such file")
@@ -72,9 +75,22 @@ def load_path(path: str | os.PathLike, fast: bool = True) -> LoadedRun:
         return read_vllm_result(path)
     if fast:
         from twinbench.reports.fastread import read_run_table
-        return read_run_table(path)
+        if not cache or os.path.getsize(path) < _colcache().MIN_BYTES:
+            return read_run_table(path)
+        cached = _colcache().load_cached(path)
+        if cached is not None:
+            return cached
+        identity = _colcache().source_identity(path)
+        loaded = read_run_table(path)
+        _colcache().save_cache(path, loaded, identity)
+        return loaded
     from twinbench.reports.runfile import read_run
     return from_run(read_run(path))
+
+
+def _colcache():
+    from twinbench.reports import colcache  # imports this module: loaded on first use
+    return colcache
 
 
 def as_loaded(obj: Any, label: str | None = None) -> LoadedRun:

@@ -1,0 +1,185 @@
+"""The binary column cache beside large run files: a cached read gives the same run as a
+parse; a stale, cut or foreign cache is never used; no cache where none can be written."""
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+
+import numpy as np
+import pytest
+
+from twinbench.reports import RunWriter, colcache
+from twinbench.reports.fastread import read_run_table
+from twinbench.reports.load import load_path
+from twinbench.reports.metrics import summarize
+from twinbench.reports.synthetic import queue_run
+
+
+@pytest.fixture
+def small_min(monkeypatch):
+    monkeypatch.setattr(colcache, "MIN_BYTES", 0)  # cache even the small files of a test
+
+
+def varied_run(path, footer=True):
+    """Records of every kind the table distinguishes: base model, errors with text, a warm-up,
+    twin segments, multi-token chunks, never sent."""
+    recs = queue_run(300, 11)
+    recs[0].adapter = None
+    recs[1].status, recs[1].error, recs[1].chunk_times, recs[1].end_s = \
+        "error", "HTTP 500: boom", None, None
+    recs[2].warmup = True
+    recs[3].segments, recs[3].chunk_times = np.array([[10**9, 10**7, 5, 2]]), None
+    recs[4].chunk_tokens = np.full(len(recs[4].chunk_times), 2, np.int32)
+    recs[5].status, recs[5].sent_s, recs[5].first_token_s, recs[5].end_s = \
+        "cancelled", None, None, None
+    recs[5].chunk_times = None
+    recs[6].id = "é-unicode id"
+    w = RunWriter(path, {"label": "cached"})
+    for r in recs:
+        w.emit(r)
+    w.sample(1.0, {"vllm:num_requests_running": 3})
+    if footer:
+        w.close()
+    else:
+        w._f.close()   # a crash: no footer
+    return path
+
+
+def same_run(a, b):
+    sa, sb = summarize(a), summarize(b)
+    assert sa.metrics == sb.metrics
+    assert {k: v.metrics for k, v in sa.per_adapter.items()} == \
+        {k: v.metrics for k, v in sb.per_adapter.items()}
+    for name in ("label", "source", "header", "footer", "partial_reason", "samples", "sketches"):
+        assert getattr(a, name) == getattr(b, name), name
+    ta, tb = a.table, b.table
+    assert list(ta.ids) == list(tb.ids) and ta.adapters == tb.adapters
+    assert ta.errors == tb.errors and ta.timing == tb.timing
+    for name in colcache._ARRAYS:
+        x, y = getattr(ta, name), getattr(tb, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), \
+                name
+
+
+def test_second_read_comes_from_the_cache_and_equals_the_parse(tmp_path, small_min):
+    p = varied_run(tmp_path / "run.jsonl")
+    parsed = read_run_table(str(p))
+    first = load_path(p)                          # parses, then writes the cache
+    cache = tmp_path / ".run.jsonl.cols"
+    assert cache.exists()
+    cached = colcache.load_cached(str(p))
+    assert cached is not None
+    same_run(parsed, cached)
+    same_run(first, load_path(p))
+    # views of the mapped file, not copies; writing into one does not reach the file
+    assert isinstance(cached.table.chunk_t.base.obj, mmap.mmap)
+    before = cache.read_bytes()
+    cached.table.arrival_s[0] = -1.0
+    assert cache.read_bytes() == before
+    # a shell-style glob over the folder finds the run, not its hidden cache
+    assert glob.glob(str(tmp_path / "*")) == [str(p)]
+
+
+def test_partial_run_keeps_its_reason_through_the_cache(tmp_path, small_min):
+    p = varied_run(tmp_path / "crashed.jsonl", footer=False)
+    load_path(p)
+    cached = colcache.load_cached(str(p))
+    assert cached is not None and "no footer" in cached.partial_reason
+    same_run(read_run_table(str(p)), cached)
+
+
+def test_a_changed_run_file_makes_the_cache_stale(tmp_path, small_min):
+    p = varied_run(tmp_path / "run.jsonl", footer=False)
+    load_path(p)
+    assert colcache.load_cached(str(p)) is not None
+    with open(p, "a") as f:   # the run went on: one more line
+        f.write('{"kind":"footer","status":"complete","records":300}\n')
+    assert colcache.load_cached(str(p)) is None
+    fresh = load_path(p)
+    assert fresh.partial_reason is None
+    assert colcache.load_cached(str(p)).partial_reason is None   # rewritten
+    # same size, same time stamp, different bytes at the end: the probe hash catches it
+    st = os.stat(p)
+    raw = bytearray(p.read_bytes())
+    raw[-20:-2] = b"x" * 18
+    p.write_bytes(bytes(raw))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert colcache.load_cached(str(p)) is None
+
+
+@pytest.mark.parametrize("damage", ["cut", "magic", "format"])
+def test_a_damaged_cache_is_ignored_and_replaced(tmp_path, small_min, damage):
+    p = varied_run(tmp_path / "run.jsonl")
+    reference = load_path(p)
+    cache = tmp_path / ".run.jsonl.cols"
+    raw = cache.read_bytes()
+    if damage == "cut":
+        raw = raw[: len(raw) - 100]
+    elif damage == "magic":
+        raw = b"X" + raw[1:]
+    else:
+        raw = raw.replace(colcache.FORMAT.encode(), b"twinbench-cols/0", 1)
+    cache.write_bytes(raw)
+    assert colcache.load_cached(str(p)) is None
+    same_run(reference, load_path(p))
+    assert colcache.load_cached(str(p)) is not None
+
+
+def test_small_files_and_cache_off_leave_no_cache(tmp_path, monkeypatch):
+    p = varied_run(tmp_path / "run.jsonl")
+    load_path(p)                                    # far below the default MIN_BYTES
+    monkeypatch.setattr(colcache, "MIN_BYTES", 0)
+    load_path(p, cache=False)
+    assert not (tmp_path / ".run.jsonl.cols").exists()
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing(tmp_path, small_min):
+    # something else already holds the cache's name (a folder): the write fails at the
+    # rename, the report goes on, and no temporary file is left behind
+    p = varied_run(tmp_path / "run.jsonl")
+    (tmp_path / ".run.jsonl.cols").mkdir()
+    same_run(read_run_table(str(p)), load_path(p))
+    assert sorted(os.listdir(tmp_path)) == [".run.jsonl.cols", "run.jsonl"]
+    assert colcache.load_cached(str(p)) is None
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_still_reports(tmp_path, small_min):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    p = varied_run(folder / "run.jsonl")
+    folder.chmod(0o555)
+    try:
+        same_run(read_run_table(str(p)), load_path(p))
+        assert sorted(os.listdir(folder)) == ["run.jsonl"]
+    finally:
+        folder.chmod(0o755)
+
+
+def test_commands_leave_use_or_skip_the_cache(tmp_path, small_min, monkeypatch, capsys):
+    from twinbench.cli.main import main
+
+    p = varied_run(tmp_path / "run.jsonl")
+    cache = tmp_path / ".run.jsonl.cols"
+    assert main(["report", str(p), "--no-cache", "--json", "--quiet"]) == 0
+    assert not cache.exists()
+    uncached = capsys.readouterr().out
+    assert main(["report", str(p), "--json", "--quiet"]) == 0
+    parsed = capsys.readouterr().out
+    assert cache.exists() and parsed == uncached
+    assert main(["report", str(p), "--json", "--quiet"]) == 0   # from the cache
+    assert capsys.readouterr().out == parsed
+    # a replay leaves the cache beside its -o file, none beside its own temporary file
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+        f"2023-11-16 18:15:{10 + i:02d}.000,{100 + 7 * i},{5 + i}\n" for i in range(20)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    assert main(["replay", str(trace), "--quiet"]) == 0
+    assert os.listdir(scratch) == []
+    assert main(["replay", str(trace), "-o", str(tmp_path / "r.jsonl"), "--quiet"]) == 0
+    assert (tmp_path / ".r.jsonl.cols").exists()
