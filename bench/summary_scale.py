@@ -117,6 +117,8 @@ def main() -> None:
         t_disk = {}
         for how in ("first read: parse, then leave the column cache",
                     "again: from the column cache"):
+            if how.startswith("again") and not os.path.exists(cache_path(path)):
+                how = "again: parsed (no cache: run file under 32 MiB)"
             with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
                 figures, t_disk[how] = pool.submit(summarize_file, path, how,
                                                    not args.no_tune).result()

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_vllm:
         from twinbench.reports.load import load_path
         from twinbench.reports.vllm_io import to_vllm_result
-        doc = to_vllm_result(summaries[0], load_path(args.runs[0], cache=not args.no_cache), kwargs["percentiles"])
+        loaded = load_path(args.runs[0], cache=not args.no_cache)
+        doc = to_vllm_result(summaries[0], loaded, kwargs["percentiles"])
         write_text(args.export_vllm, dumps_json(doc), args.force, "--export-vllm")
     return 0

@@ -77,13 +77,7 @@ def load_path(path: str | os.PathLike, fast: bool = True, cache: bool = True) ->
         from twinbench.reports.fastread import read_run_table
         if not cache or os.path.getsize(path) < _colcache().MIN_BYTES:
             return read_run_table(path)
-        cached = _colcache().load_cached(path)
-        if cached is not None:
-            return cached
-        identity = _colcache().source_identity(path)
-        loaded = read_run_table(path)
-        _colcache().save_cache(path, loaded, identity)
-        return loaded
+        return _colcache().read_through(path, read_run_table)
     from twinbench.reports.runfile import read_run
     return from_run(read_run(path))
 

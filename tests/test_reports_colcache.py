@@ -3,8 +3,10 @@ parse; a stale, cut or foreign cache is never used; no cache where none can be w
 from __future__ import annotations
 
 import glob
+import json
 import mmap
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -64,23 +66,36 @@ def same_run(a, b):
                 name
 
 
-def test_second_read_comes_from_the_cache_and_equals_the_parse(tmp_path, small_min):
-    p = varied_run(tmp_path / "run.jsonl")
+@pytest.mark.parametrize("kind", ["varied", "all ok", "empty"])
+def test_second_read_comes_from_the_cache_and_equals_the_parse(tmp_path, small_min, kind):
+    p = tmp_path / "run.jsonl"
+    if kind == "varied":
+        varied_run(p)
+    else:
+        with RunWriter(p, {"label": kind}) as w:
+            for r in (queue_run(50, 2) if kind == "all ok" else []):
+                w.emit(r)
     parsed = read_run_table(str(p))
     first = load_path(p)                          # parses, then writes the cache
     cache = tmp_path / ".run.jsonl.cols"
     assert cache.exists()
-    cached = colcache.load_cached(str(p))
-    assert cached is not None
-    same_run(parsed, cached)
-    same_run(first, load_path(p))
-    # views of the mapped file, not copies; writing into one does not reach the file
-    assert isinstance(cached.table.chunk_t.base.obj, mmap.mmap)
+    assert not from_cache(first)
+    second = load_path(p)
+    assert from_cache(second)
+    same_run(parsed, second)
+    same_run(first, second)
+    # read-only views of the mapped file: a write raises and cannot reach the file
     before = cache.read_bytes()
-    cached.table.arrival_s[0] = -1.0
+    with pytest.raises(ValueError, match="read-only"):
+        second.table.arrival_s[:1] = -1.0
     assert cache.read_bytes() == before
     # a shell-style glob over the folder finds the run, not its hidden cache
     assert glob.glob(str(tmp_path / "*")) == [str(p)]
+
+
+def from_cache(loaded) -> bool:
+    base = loaded.table.chunk_start.base
+    return isinstance(getattr(base, "obj", None), mmap.mmap)
 
 
 def test_partial_run_keeps_its_reason_through_the_cache(tmp_path, small_min):
@@ -110,7 +125,8 @@ def test_a_changed_run_file_makes_the_cache_stale(tmp_path, small_min):
     assert colcache.load_cached(str(p)) is None
 
 
-@pytest.mark.parametrize("damage", ["cut", "magic", "format"])
+@pytest.mark.parametrize("damage", ["cut", "magic", "format", "header length", "count",
+                                    "not an object", "foreign column"])
 def test_a_damaged_cache_is_ignored_and_replaced(tmp_path, small_min, damage):
     p = varied_run(tmp_path / "run.jsonl")
     reference = load_path(p)
@@ -120,12 +136,50 @@ def test_a_damaged_cache_is_ignored_and_replaced(tmp_path, small_min, damage):
         raw = raw[: len(raw) - 100]
     elif damage == "magic":
         raw = b"X" + raw[1:]
-    else:
+    elif damage == "format":
         raw = raw.replace(colcache.FORMAT.encode(), b"twinbench-cols/0", 1)
+    elif damage == "header length":
+        k = len(colcache.MAGIC)
+        raw = raw[:k] + struct.pack("<Q", 2**64 - 1) + raw[k + 8:]
+    else:
+        k = len(colcache.MAGIC)
+        (hlen,) = struct.unpack("<Q", raw[k:k + 8])
+        meta = json.loads(raw[k + 8:k + 8 + hlen])
+        if damage == "count":    # a column said to be longer than the table
+            meta["arrays"]["arrival_s"][1] += 1
+            meta["arrays"]["arrival_s"][3] += 8
+        elif damage == "foreign column":   # a column this code does not know, renamed
+            meta["arrays"]["xnd_s"] = meta["arrays"].pop("end_s")
+        head = json.dumps(meta).encode() if damage != "not an object" else b'"x"'
+        head += b" " * (hlen - len(head))   # same length: the data stays where it was
+        assert len(head) == hlen
+        raw = raw[:k + 8] + head + raw[k + 8 + hlen:]
     cache.write_bytes(raw)
     assert colcache.load_cached(str(p)) is None
     same_run(reference, load_path(p))
     assert colcache.load_cached(str(p)) is not None
+
+
+def test_no_cache_for_a_run_file_that_grew_during_the_read(tmp_path, small_min):
+    p = varied_run(tmp_path / "run.jsonl")
+    identity = colcache.source_identity(str(p))
+    loaded = read_run_table(str(p))
+    with open(p, "a") as f:
+        f.write('{"kind":"sample","t":9.0,"metrics":{}}\n')
+    assert colcache.save_cache(str(p), loaded, identity) is None
+    assert colcache.save_cache(str(p), loaded, colcache.source_identity(str(p))) is not None
+
+
+def test_an_interrupted_cache_write_leaves_nothing(tmp_path, small_min, monkeypatch):
+    p = varied_run(tmp_path / "run.jsonl")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(colcache.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_path(p)
+    assert sorted(os.listdir(tmp_path)) == ["run.jsonl"]
 
 
 def test_small_files_and_cache_off_leave_no_cache(tmp_path, monkeypatch):
@@ -172,6 +226,9 @@ def test_commands_leave_use_or_skip_the_cache(tmp_path, small_min, monkeypatch, 
     assert cache.exists() and parsed == uncached
     assert main(["report", str(p), "--json", "--quiet"]) == 0   # from the cache
     assert capsys.readouterr().out == parsed
+    q = varied_run(tmp_path / "other.jsonl")
+    assert main(["compare", str(p), str(q), "--no-cache", "--json", "--quiet"]) == 0
+    assert not (tmp_path / ".other.jsonl.cols").exists()
     # a replay leaves the cache beside its -o file, none beside its own temporary file
     trace = tmp_path / "t.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
