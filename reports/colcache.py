@@ -40,6 +40,7 @@ FORMAT = "twinbench-cols/1"
 MAGIC = b"TWINBENCH-COLS/1"
 MIN_BYTES = 32 << 20   # smaller run files parse in well under a second: no cache
 _ALIGN = 64
+UNKNOWN_CODE = "unknown"
 _PROBE = 1 << 16
 
 # RequestTable's array fields (None allowed for the optional ones)
@@ -82,12 +83,14 @@ def _code_hash() -> str:
             with open(module.__file__, "rb") as f:
                 h.update(f.read())
         except (OSError, TypeError):
-            return "unknown"   # no source to compare: never matches a written cache
+            return UNKNOWN_CODE   # no source to compare against: read_through never caches
     return h.hexdigest()
 
 
 def read_through(run_path: str, parse: Callable[[str], LoadedRun]) -> LoadedRun:
     """The run from its cache when valid; else `parse(run_path)`, leaving a cache of it."""
+    if _code_hash() == UNKNOWN_CODE:
+        return parse(run_path)
     cached = load_cached(run_path)
     if cached is not None:
         return cached

@@ -125,6 +125,19 @@ def test_a_changed_run_file_makes_the_cache_stale(tmp_path, small_min):
     assert colcache.load_cached(str(p)) is None
 
 
+def test_the_cache_is_tied_to_the_code_that_built_the_table(tmp_path, small_min, monkeypatch):
+    p = varied_run(tmp_path / "run.jsonl")
+    load_path(p)
+    assert colcache.load_cached(str(p)) is not None
+    monkeypatch.setattr(colcache, "_code_hash", lambda: "a later reader")
+    assert colcache.load_cached(str(p)) is None
+    # without its own source to hash, nothing is cached or read from a cache
+    monkeypatch.setattr(colcache, "_code_hash", lambda: colcache.UNKNOWN_CODE)
+    q = varied_run(tmp_path / "other.jsonl")
+    assert not from_cache(load_path(q)) and not from_cache(load_path(q))
+    assert not (tmp_path / ".other.jsonl.cols").exists()
+
+
 @pytest.mark.parametrize("damage", ["cut", "magic", "format", "header length", "count",
                                     "not an object", "foreign column"])
 def test_a_damaged_cache_is_ignored_and_replaced(tmp_path, small_min, damage):
