@@ -88,8 +88,9 @@ def _code_hash() -> str:
 
 
 def read_through(run_path: str, parse: Callable[[str], LoadedRun]) -> LoadedRun:
-    """The run from its cache when valid; else `parse(run_path)`, leaving a cache of it."""
-    if _code_hash() == UNKNOWN_CODE:
+    """The run from its cache when valid; else `parse(run_path)`, leaving a cache of it when
+    the run file is large enough to be worth one."""
+    if os.path.getsize(run_path) < MIN_BYTES or _code_hash() == UNKNOWN_CODE:
         return parse(run_path)
     cached = load_cached(run_path)
     if cached is not None:
@@ -175,7 +176,7 @@ def _map(fd: int, size: int) -> mmap.mmap:
     """A read-only mapping of the whole file: the arrays are views of the page cache (no
     copy; writing into one raises). On Linux its pages are mapped by the one call
     (MAP_POPULATE): page by page costs far more on a VM."""
-    if hasattr(mmap, "MAP_PRIVATE"):
+    if hasattr(mmap, "MAP_SHARED"):
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     return mmap.mmap(fd, size, access=mmap.ACCESS_READ)   # Windows
@@ -188,14 +189,14 @@ def save_cache(run_path: str, loaded: LoadedRun, identity: dict) -> str | None:
     try:
         if os.stat(run_path).st_size != identity["size"]:
             return None   # the run file grew while it was read (a live run): nothing to pin
-        arrays, meta = _columns(loaded, identity)
-    except (OSError, ValueError, TypeError, UnicodeError):
+        columns = _columns(loaded, identity)
+    except (OSError, ValueError, TypeError):
         return None   # gone, or something JSON cannot hold: no cache
-    if arrays is None:
+    if columns is None:
         return None
-    head = json.dumps(meta).encode("utf-8")
+    arrays, layout, head, data_bytes = columns
     start = _aligned(len(MAGIC) + 8 + len(head))   # offsets count from here
-    end = start + meta["end"]
+    end = start + data_bytes
     path = cache_path(run_path)
     if not _room_for(os.path.dirname(path), end):
         return None
@@ -204,7 +205,7 @@ def save_cache(run_path: str, loaded: LoadedRun, identity: dict) -> str | None:
         with open(tmp, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(head)) + head)
             for name, a in arrays.items():
-                f.seek(start + meta["arrays"][name][2])
+                f.seek(start + layout[name][2])
                 f.write(memoryview(a).cast("B"))
             f.truncate(end)
         os.replace(tmp, path)
@@ -219,12 +220,15 @@ def save_cache(run_path: str, loaded: LoadedRun, identity: dict) -> str | None:
     return path
 
 
-def _columns(loaded: LoadedRun, identity: dict) -> tuple[dict | None, dict]:
-    """The arrays to write (little-endian, contiguous) and the JSON header describing them."""
+def _columns(loaded: LoadedRun, identity: dict
+             ) -> tuple[dict[str, np.ndarray], dict[str, list], bytes, int] | None:
+    """The arrays to write (little-endian, contiguous), their layout, the encoded JSON header
+    and the data's size; None when the run cannot be cached. Raises (no cache) if the header
+    holds what JSON cannot."""
     table = loaded.table
     ids = list(map(str, table.ids))
     if any("\0" in s for s in ids):
-        return None, {}   # ids are stored NUL-separated: such a run is parsed every time
+        return None   # ids are stored NUL-separated: such a run is parsed every time
     arrays: dict[str, np.ndarray] = {}
     for name in _ARRAYS:
         a = getattr(table, name)
@@ -239,15 +243,14 @@ def _columns(loaded: LoadedRun, identity: dict) -> tuple[dict | None, dict]:
         layout[name] = [a.dtype.str, int(a.size), offset, int(a.nbytes)]
         offset = _aligned(offset + a.nbytes)
     meta = {
-        "format": FORMAT, "source": identity, "arrays": layout, "end": offset,
+        "format": FORMAT, "source": identity, "arrays": layout,
         "table": {"n": len(table), "adapters": table.adapters, "timing": table.timing,
                   "origin_s": table.origin_s, "duration_s": table.duration_s,
                   "errors_len": len(table.errors),
                   "errors": [[i, e] for i, e in enumerate(table.errors) if e is not None]},
         "loaded": {k: getattr(loaded, k) for k in _LOADED_META},
     }
-    json.dumps(meta)   # raises here (no cache) if the header holds what JSON cannot
-    return arrays, meta
+    return arrays, layout, json.dumps(meta).encode("utf-8"), offset
 
 
 def _room_for(folder: str, nbytes: int) -> bool:

@@ -75,16 +75,12 @@ def load_path(path: str | os.PathLike, fast: bool = True, cache: bool = True) ->
         return read_vllm_result(path)
     if fast:
         from twinbench.reports.fastread import read_run_table
-        if not cache or os.path.getsize(path) < _colcache().MIN_BYTES:
+        if not cache:
             return read_run_table(path)
-        return _colcache().read_through(path, read_run_table)
+        from twinbench.reports.colcache import read_through  # imports this module
+        return read_through(path, read_run_table)
     from twinbench.reports.runfile import read_run
     return from_run(read_run(path))
-
-
-def _colcache():
-    from twinbench.reports import colcache  # imports this module: loaded on first use
-    return colcache
 
 
 def as_loaded(obj: Any, label: str | None = None) -> LoadedRun:
