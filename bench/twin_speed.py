@@ -56,7 +56,7 @@ def main() -> int:
     from twinbench.backends.base import ReplayOptions
     from twinbench.backends.twin import TwinBackend
     from twinbench.replay.run import replay_to_file
-    from twinbench.twin import simulate
+    from twinbench.twin import engine_build, simulate
     from twinbench.twin.config import ServerConfig
     # import what the first simulate() call would, so that case 1 times the engine, not imports
     import twinbench.twin.cluster  # noqa: F401
@@ -70,7 +70,8 @@ def main() -> int:
     profile = "llama-3.1-8b-h100"
     sim_span = float(tr.arrival_s.max())
     print(f"trace: {len(tr)} requests over {sim_span:.0f} s; {cfg.max_loras} GPU slots, "
-          f"profile {profile}, one core, python {sys.version.split()[0]}")
+          f"profile {profile}, one core, python {sys.version.split()[0]}, "
+          f"engine {engine_build()} (TWINBENCH_PURE_PYTHON=1: the .py sources)")
 
     t, c = time.perf_counter(), time.process_time()
     res = simulate(tr, cfg, profile)

@@ -42,8 +42,9 @@ def build_parser(modules: list[ModuleType]) -> argparse.ArgumentParser:
         prog="twinbench",
         description="Replay multi-LoRA request streams against a real server or a vLLM twin.")
     from twinbench.traces.version import TOOL_VERSION
-
-    parser.add_argument("--version", action="version", version=f"twinbench {TOOL_VERSION}")
+    from twinbench.twin import engine_build
+    parser.add_argument("--version", action="version",
+                        version=f"twinbench {TOOL_VERSION} (twin engine: {engine_build()})")
     tops = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for mod in modules:

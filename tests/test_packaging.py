@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from twinbench.twin import NATIVE_MODULES, engine_build
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERIC = ("traces", "reports", "twin", "backends", "replay", "advisor", "cli")
 
@@ -51,3 +53,8 @@ def test_wheel_holds_only_the_twinbench_namespace(tmp_path):
     assert "twinbench/backends/requirements-vllm-cpu.lock.txt" in names
     assert any(n.startswith("twinbench/traces/data/") for n in names)
     assert any(n.startswith("twinbench/twin/profiles/") and n.endswith(".json") for n in names)
+    if engine_build() == "compiled":  # this machine compiles the engine core: so does the wheel
+        for module in NATIVE_MODULES + ("_native__mypyc",):
+            assert any(n.startswith(f"twinbench/twin/{module}.") and n.endswith(".so")
+                       for n in names), module
+        assert "twinbench/twin/_native_build.json" in names

@@ -71,7 +71,7 @@ class Req:
         self.old_runs: list | None = None  # earlier runs [(start_step, n)], rare
         self.preemptions = 0
         self.prefix = prefix        # prefix-cache block keys or None
-        self.pool_blocks = None     # prefix pool bookkeeping
+        self.pool_blocks: list | None = None  # prefix pool bookkeeping
         self.wkey = 0               # position in the waiting queue
         self.lazy = False           # decoding implicitly since step `base` (coalesced mode)
         self.base = 0
@@ -181,7 +181,8 @@ class Engine:
                                     self.model)
         self.running: list[Req] = []
         self.waiting = WaitingQueue()
-        self.incoming: list[tuple[int, int, Req]] = []  # (visible_ns, seq, req), sorted
+        # (visible_ns, seq, req) sorted, None once ingested
+        self.incoming: list = []
         self._incoming_pos = 0
         self._seq = 0
         self.by_id: dict[str, Req] = {}
@@ -191,7 +192,7 @@ class Engine:
         self.stable = False      # the last schedule() would repeat as it is
         self.all_decode = False  # every running request is past its prefill
         self.events: deque[TokenEvent] = deque()
-        self.on_finish: Callable[[Req], None] | None = None
+        self.on_finish: Callable[..., None] | None = None  # (req, error, status)
         self.outstanding = 0  # submitted and not finished (kept by routers)
         self.run_adapters: dict[int, int] = {}  # adapter -> running requests using it
         # (sorted run_adapters, their rank sum), reset when an adapter enters or leaves
@@ -223,9 +224,11 @@ class Engine:
         a = -1
         r_rank = 0
         if adapter is not None:
-            a = self.adapter_index.get(adapter)  # known adapter: skip the registration call
-            if a is None:
-                a = self._adapter(adapter, rank if rank is not None else self.config.max_lora_rank)
+            known = self.adapter_index.get(adapter)  # known adapter: skip the registration call
+            if known is None:
+                known = self._adapter(adapter,
+                                      rank if rank is not None else self.config.max_lora_rank)
+            a = known
             r_rank = self.adapter_ranks[a]
         prompt_tokens, output_tokens, arrival_ns = int(prompt_tokens), int(output_tokens), \
             int(arrival_ns)
@@ -300,7 +303,7 @@ class Engine:
             return 0
         return thr
 
-    def _schedule(self):
+    def _schedule(self) -> tuple[list[tuple[Req, int]], list[Req], int]:
         """vLLM 0.32 `Scheduler.schedule()` (sync, FCFS): returns (scheduled, preempted, admitted).
 
         scheduled: list of (request, num_new_tokens) in vLLM's order (running, then new).
@@ -660,7 +663,7 @@ class Engine:
         heap = self.finish_heap
         if not heap or heap[0][0] > step:
             return []  # the common case: nobody finishes in this step
-        out = []
+        out: list[Req] = []
         while True:
             f = self._next_finish()
             if f is None or f != step:
@@ -820,6 +823,8 @@ class Engine:
             return 0
         step0 = self.step
         f = self._next_finish()
+        if f is None:  # (not with lazy decodes running)
+            return 0
         r_min = f - step0 + 1  # the finishing step ends the segment
         if r_min < 1:
             return 0
@@ -882,7 +887,8 @@ class Engine:
             total += phase[(-s) % bs]
         return total
 
-    def _segment_details(self, step0: int, n: int, ends: np.ndarray, adapters: list[int]) -> None:
+    def _segment_details(self, step0: int, n: int, ends: list[int] | np.ndarray,
+                         adapters: list[int]) -> None:
         out_ns = self.model.output_ns
         names = [self.adapter_names[a] for a in adapters]
         b = len(self.running)

@@ -111,7 +111,7 @@ class PrefixPool(CountingPool):
         Every later full block (rest of the prompt, outputs) is private, key (root, b): only
         the request itself finds it again, when it resumes after a preemption.
         """
-        shared = ()
+        shared: tuple = ()
         if prefix_blocks and block_tokens > 0:
             bs = self.bs
             shared_tokens = min(len(prefix_blocks) * block_tokens, prompt_tokens)
@@ -132,7 +132,7 @@ class PrefixPool(CountingPool):
         limit = (num_tokens - 1) // self.bs
         cache = self.cache
         key = self._key
-        hit = []
+        hit: list = []
         while len(hit) < limit:
             blocks = cache.get(key(keys, len(hit)))
             if not blocks:
@@ -154,7 +154,7 @@ class PrefixPool(CountingPool):
         self.free -= n
         runs, cf, cache = self.anon_runs, self.cached_free, self.cache
         while n:
-            run = runs[0] if runs else None
+            run: list[int] | None = runs[0] if runs else None
             if cf:
                 blk = next(iter(cf.values()))
                 if run is None or blk.seq < run[0]:
@@ -167,6 +167,7 @@ class PrefixPool(CountingPool):
                     continue
                 take = min(n, run[1], blk.seq - run[0])
             else:
+                assert run is not None  # nothing cached is free: the runs hold the n blocks
                 take = min(n, run[1])
             run[0] += take
             run[1] -= take

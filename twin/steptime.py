@@ -154,8 +154,8 @@ class StepModel:
             return ends
         durs = self.decode_segment_ns(bound, decode_seqs, kv_tokens0, n_adapters, rank_sum,
                                       running, waiting)
-        ends = start_ns + np.cumsum(durs)
-        return ends[:1 + int(np.searchsorted(ends[:bound - 1], limit_ns, side="right"))]
+        arr = start_ns + np.cumsum(durs)
+        return arr[:1 + int(np.searchsorted(arr[:bound - 1], limit_ns, side="right"))]
 
     def load_ns(self, rank: int, from_disk: bool) -> int:
         fs = self.cpu_to_gpu_fs + self.cpu_to_gpu_rank_fs * rank

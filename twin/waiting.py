@@ -10,7 +10,7 @@ key, gives the same admissions without touching the skipped requests.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from typing import Any, Collection, Iterator
 
 
 class WaitingQueue:
@@ -50,10 +50,10 @@ class WaitingQueue:
         q.appendleft(req)
         self.n += 1
 
-    def head(self, allowed: set | None):
+    def head(self, allowed: Collection[int] | None) -> Any:
         """The first request in queue order whose adapter is base or in `allowed`
         (None: any adapter)."""
-        best = None
+        best: Any = None
         queues = self.queues
         if allowed is None:
             for q in queues.values():
@@ -69,12 +69,12 @@ class WaitingQueue:
                     if best is None or r.wkey < best.wkey:
                         best = r
             return best
-        q = queues.get(-1)
-        if q:
-            best = q[0]
-        for q in map(queues.get, allowed):  # (map: the lookups run in C)
-            if q:
-                r = q[0]
+        base = queues.get(-1)
+        if base:
+            best = base[0]
+        for aq in map(queues.get, allowed):  # (map: the lookups run in C)
+            if aq:
+                r = aq[0]
                 if best is None or r.wkey < best.wkey:
                     best = r
         return best
