@@ -288,7 +288,10 @@ class VLLMServer:
     log_path: Path | None = None
     python: Path | None = None
     startup_timeout_s: float = 300.0
-    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. VLLM_CPU_OMP_THREADS_BIND
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. OMP_NUM_THREADS
+    # CPUs for the engine core alone (one OpenMP thread each); the API server then runs on the
+    # others. None: vLLM's default, every process and thread where the kernel puts it.
+    engine_cpus: tuple[int, ...] | None = None
     kv_cache_tokens: int | None = None
     num_gpu_blocks: int | None = None
     process: subprocess.Popen | None = None
@@ -312,6 +315,7 @@ class VLLMServer:
     def start(self) -> "VLLMServer":
         if self.process is not None:
             raise RuntimeError("server already started")
+        self._check_engine_cpus()
         self.port = self.port or free_port(self.host)
         if self.log_path is None:
             self.log_path = Path(tempfile.mkdtemp(prefix="twinbench-vllm-")) / "server.log"
@@ -321,6 +325,10 @@ class VLLMServer:
                    # child process, in the same process group, which `stop()` ends
                    VLLM_ENABLE_V1_MULTIPROCESSING="0", TOKENIZERS_PARALLELISM="false")
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
+        if self.engine_cpus:
+            # the engine core is spawned at start-up and inherits this mask; OpenMP must size
+            # its team to it (two threads squeezed onto one CPU stall the engine)
+            env["OMP_NUM_THREADS"] = str(len(self.engine_cpus))
         env.update(self.extra_env)
         cmd = self.command()
         with open(self.log_path, "w") as log:
@@ -329,14 +337,44 @@ class VLLMServer:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env,
                                             start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=self._child_setup)
         try:
             self._wait_healthy()
+            if self.engine_cpus:
+                self._move_api_server()
             self._read_capacity()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _child_setup(self) -> None:
+        _die_with_parent()
+        if self.engine_cpus:
+            os.sched_setaffinity(0, self.engine_cpus)
+
+    def frontend_cpus(self) -> set[int]:
+        """The CPUs left to the API server (and a client) when the engine core has its own."""
+        return set(os.sched_getaffinity(0)) - set(self.engine_cpus or ())
+
+    def _check_engine_cpus(self) -> None:
+        if not self.engine_cpus:
+            return
+        allowed = os.sched_getaffinity(0)
+        if not set(self.engine_cpus) <= allowed:
+            raise VLLMEnvError(f"engine_cpus {list(self.engine_cpus)}: this process may only use "
+                               f"CPUs {sorted(allowed)}")
+        if not self.frontend_cpus():
+            raise VLLMEnvError(f"engine_cpus {list(self.engine_cpus)} leaves no CPU for the API "
+                               f"server (this process may use CPUs {sorted(allowed)})")
+
+    def _move_api_server(self) -> None:
+        """Every thread of the API server process (not its children: the engine core stays)
+        to the CPUs the engine does not use; threads it starts later inherit the mask."""
+        cpus = self.frontend_cpus()
+        for tid in os.listdir(f"/proc/{self.process.pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), cpus)
 
     def _log_tail(self, n: int = 8) -> str:
         """The log's last lines, led by its last exception line (the cause, usually)."""
@@ -407,7 +445,8 @@ def server_config(flags: VLLMServerFlags | None = None) -> dict:
 
 
 def tiny_server(adapter_names: list[str] | None = None, flags: VLLMServerFlags | None = None,
-                seed: int = 0, log_path: Path | None = None) -> VLLMServer:
+                seed: int = 0, log_path: Path | None = None,
+                engine_cpus: tuple[int, ...] | None = None) -> VLLMServer:
     """A server for the tiny model (built if needed) with adapters named `adapter_names`
     (default a0..a3); names beyond the built folders reuse them in turn, since vLLM treats
     each registered name as its own adapter."""
@@ -416,4 +455,4 @@ def tiny_server(adapter_names: list[str] | None = None, flags: VLLMServerFlags |
     names = adapter_names or [f"a{i}" for i in range(len(dirs))]
     adapters = {name: dirs[i % len(dirs)] for i, name in enumerate(names)}
     return VLLMServer(model_root=root, adapters=adapters, flags=flags or VLLMServerFlags(),
-                      log_path=log_path)
+                      log_path=log_path, engine_cpus=engine_cpus)

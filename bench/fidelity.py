@@ -2,6 +2,7 @@
 
     python bench/fidelity.py [--minutes 2] [--repeats 3] [--budget 5m] [--out DIR]
                              [--profile P (skip calibration)] [--ship] [--workloads 1,2,3,4]
+                             [--pin]
 
 1. start the tiny vLLM CPU server (every scheduler flag explicit; adapters lora-0..lora-7,
    ranks 8/16; max_loras 4) and run `twinbench calibrate` once;
@@ -16,7 +17,9 @@
 3. print, per workload and headline metric, real-vs-real / twin-vs-real / baseline-vs-real
    SMAPE and whether the target holds (twin <= max(target, real noise) and, where the noise
    exceeds the target, twin beats the baseline); starvation verdicts side by side.
-`--ship` copies the calibrated profile to twin/profiles/tiny-llama-cpu.json.
+`--ship` copies the calibrated profile to twin/profiles/tiny-llama-cpu.json. `--pin` gives
+vLLM's engine core CPU 1 alone (one OpenMP thread) and its API server, this script and the
+twinbench runs CPU 0; without it every process goes where the kernel puts it.
 """
 from __future__ import annotations
 
@@ -214,9 +217,16 @@ def main() -> int:
     ap.add_argument("--retwin", metavar="PROFILE",
                     help="no server: re-run only the twin and baseline with PROFILE against the "
                          "real runs already in --out (e.g. a re-fit of the same calibration)")
+    ap.add_argument("--pin", action="store_true",
+                    help="vLLM's engine core alone on CPU 1 (one OpenMP thread), its API "
+                         "server, this script and the twinbench runs on CPU 0")
     args = ap.parse_args()
     if args.retwin:
         return retwin(args)
+    engine_cpus = None
+    if args.pin:
+        engine_cpus = (1,)
+        os.sched_setaffinity(0, {0})  # inherited by every twinbench run started from here
 
     from twinbench.backends.vllm_cpu import tiny_server
     from twinbench.twin.profile import Profile
@@ -234,12 +244,14 @@ def main() -> int:
         todo = [w for w in names if w in wanted]
         if not todo and (key != "main" or profile_path):
             continue
-        server = tiny_server(ADAPTERS, flags=flags,
+        server = tiny_server(ADAPTERS, flags=flags, engine_cpus=engine_cpus,
                              log_path=__import__("pathlib").Path(args.out) / f"server-{key}.log")
         t0 = time.monotonic()
         server.start()
         print(f"server {key}: {server.base_url} ready in {time.monotonic() - t0:.0f} s; "
-              f"KV blocks {server.num_gpu_blocks}; flags {flag_argv(flags)}", flush=True)
+              f"KV blocks {server.num_gpu_blocks}; flags {flag_argv(flags)}; "
+              + (f"engine core on CPU {engine_cpus}, the rest on CPU 0" if engine_cpus
+                 else "no CPU pinning"), flush=True)
         try:
             if profile_path is None:
                 profile_path = os.path.join(args.out, "tiny-llama-cpu.json")

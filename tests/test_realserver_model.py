@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from twinbench.backends.vllm_cpu import (VLLMEnvError, VLLMServerFlags, build_tiny_model,
-                                         ensure_env, server_config, tiny_model_key)
+from twinbench.backends.vllm_cpu import (VLLMEnvError, VLLMServer, VLLMServerFlags,
+                                         build_tiny_model, ensure_env, server_config,
+                                         tiny_model_key)
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -24,6 +26,17 @@ def digest_tree(root: Path) -> dict[str, str]:
             data = json.dumps(config, sort_keys=True).encode()
         out[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
     return out
+
+
+@pytest.mark.parametrize("which", ["all", "absent"])
+def test_engine_cpus_that_leave_the_api_server_nothing_are_refused_before_starting(
+        tmp_path, which):
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = tuple(allowed) if which == "all" else (max(allowed) + 1,)
+    server = VLLMServer(model_root=tmp_path, engine_cpus=cpus, python=tmp_path / "no-python")
+    with pytest.raises(VLLMEnvError, match="engine_cpus"):
+        server.start()
+    assert server.process is None
 
 
 def test_every_scheduler_flag_is_explicit():
