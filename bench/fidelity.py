@@ -223,10 +223,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.retwin:
         return retwin(args)
-    engine_cpus = None
-    if args.pin:
-        engine_cpus = (1,)
-        os.sched_setaffinity(0, {0})  # inherited by every twinbench run started from here
+    engine_cpus = (1,) if args.pin else None
+    all_cpus = os.sched_getaffinity(0)
 
     from twinbench.backends.vllm_cpu import tiny_server
     from twinbench.twin.profile import Profile
@@ -247,7 +245,11 @@ def main() -> int:
         server = tiny_server(ADAPTERS, flags=flags, engine_cpus=engine_cpus,
                              log_path=__import__("pathlib").Path(args.out) / f"server-{key}.log")
         t0 = time.monotonic()
+        if engine_cpus:  # a server may only be given CPUs this process has
+            os.sched_setaffinity(0, all_cpus)
         server.start()
+        if engine_cpus:  # this script and its twinbench runs: the API server's CPUs
+            os.sched_setaffinity(0, server.frontend_cpus())
         print(f"server {key}: {server.base_url} ready in {time.monotonic() - t0:.0f} s; "
               f"KV blocks {server.num_gpu_blocks}; flags {flag_argv(flags)}; "
               + (f"engine core on CPU {engine_cpus}, the rest on CPU 0" if engine_cpus
