@@ -252,8 +252,9 @@ def main() -> int:
             os.sched_setaffinity(0, server.frontend_cpus())
         print(f"server {key}: {server.base_url} ready in {time.monotonic() - t0:.0f} s; "
               f"KV blocks {server.num_gpu_blocks}; flags {flag_argv(flags)}; "
-              + (f"engine core on CPU {engine_cpus}, the rest on CPU 0" if engine_cpus
-                 else "no CPU pinning"), flush=True)
+              + (f"engine core on CPUs {list(engine_cpus)}, the rest on CPUs "
+                 f"{sorted(server.frontend_cpus())}" if engine_cpus else "no CPU pinning"),
+              flush=True)
         try:
             if profile_path is None:
                 profile_path = os.path.join(args.out, "tiny-llama-cpu.json")

@@ -35,22 +35,23 @@ def _native_is_stale() -> bool:
     try:
         with open(os.path.join(here, NATIVE_STAMP), encoding="utf-8") as f:
             built = json.load(f)["sha256"]
-        return any(built.get(name) != source_sha256(os.path.join(here, name + ".py"))
+        return any(built.get(name) != _sha256(os.path.join(here, name + ".py"))
                    for name in NATIVE_MODULES)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return True
 
 
-def source_sha256(path: str) -> str:
+def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-_STALE = not os.environ.get("TWINBENCH_PURE_PYTHON") and _native_is_stale()
+_PURE = bool(os.environ.get("TWINBENCH_PURE_PYTHON"))
+_STALE = not _PURE and _native_is_stale()
 if _STALE:
     print("twinbench: the twin's compiled engine was built from other sources than its .py "
           "files; running the .py files (rebuild: pip install -e .)", file=sys.stderr)
-if os.environ.get("TWINBENCH_PURE_PYTHON") or _STALE:
+if _PURE or _STALE:
     sys.meta_path.insert(0, _SourceOnly())
 
 
