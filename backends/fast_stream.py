@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 from httptools import HttpParserError
 
-from twinbench.backends.http1 import ConnectionPool, ResponseIncompleteError, request_head
+from twinbench.backends.http1 import (Connection, ConnectionPool, ResponseIncompleteError,
+                                      request_head)
 from twinbench.backends.stream_state import StreamState, StreamTarget
 from twinbench.replay.dispatch import Attempt
 
@@ -52,15 +53,27 @@ class FastStreamSender:
         self.requested_of = requested_of
         self._head = request_head(pool.endpoint, target.headers)
 
-    async def send(self, row: int, attempt: Attempt) -> None:
-        body = self.body_of(row)
+    def begin(self, row: int, attempt: Attempt) -> Coroutine[Any, Any, None]:
+        """Stamp `sent` and, when an idle keep-alive connection is at hand, write the request
+        now; the coroutine returned does the rest. The dispatcher calls this from its timer,
+        so no loop turn (a dozen stream reads) comes between the due time and the write."""
+        data = self.body_of(row)
+        data = self._head + b"%d\r\n\r\n" % len(data) + data
         state = StreamState(attempt, self.target.chat)
+        attempt.sent = time.perf_counter()
+        conn = self.pool.take()
+        waiter = None if conn is None else conn.request(data, state.feed)
+        return self._complete(row, attempt, state, data, conn, waiter)
+
+    async def send(self, row: int, attempt: Attempt) -> None:
+        await self.begin(row, attempt)
+
+    async def _complete(self, row: int, attempt: Attempt, state: StreamState, data: bytes,
+                        conn: Connection | None, waiter: asyncio.Future | None) -> None:
         timeout_s = self.target.timeout_s
-        conn = timer = None
+        timer = None
         keep = False
         try:
-            attempt.sent = time.perf_counter()
-            conn = self.pool.take()
             if conn is None:
                 try:
                     conn = await asyncio.wait_for(self.pool.connect(), timeout_s)
@@ -69,7 +82,8 @@ class FastStreamSender:
                 except OSError as e:
                     state.cannot_connect(e)
                     return
-            waiter = conn.request(self._head + b"%d\r\n\r\n" % len(body) + body, state.feed)
+                waiter = conn.request(data, state.feed)
+            assert waiter is not None and attempt.sent is not None
             left = attempt.sent + timeout_s - time.perf_counter()
             timer = self.pool.loop.call_later(max(0.0, left), _expire, waiter)
             await waiter

@@ -20,7 +20,8 @@ from twinbench.backends.openai_probe import fetch_metrics
 from twinbench.backends.openai_stream import OpenAIStreamSender
 from twinbench.backends.stream_state import StreamTarget
 from twinbench.backends.server_metrics import scrape_loop
-from twinbench.replay.dispatch import Attempt, DispatchStats, Sender, dispatch, to_record
+from twinbench.replay.dispatch import (Attempt, DispatchStats, Sender, connections_to_warm,
+                                      dispatch, to_record)
 from twinbench.replay.progress import Progress
 from twinbench.replay.workers import WorkerPool, shares
 from twinbench.traces.core import Trace
@@ -68,7 +69,8 @@ class SenderFactory:
     pool_limit: int | None
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Sender]:
+    async def open(self, warm: int = 0) -> AsyncIterator[Sender]:
+        """The sender, with `warm` connections opened ahead (see `connections_to_warm`)."""
         raise_fd_limit()
         path = "/v1/chat/completions" if self.config.chat else "/v1/completions"
         target = StreamTarget(url=self.config.base_url + path, headers=self.config.headers(),
@@ -76,14 +78,14 @@ class SenderFactory:
         if len(self.plan.trace):
             self.plan.body_of(0)  # first-call costs (NumPy, hashing) before time 0, not in lag
         opener = _fast_sender if stream_client() == "fast" else _aiohttp_sender
-        async with opener(target, self.plan, self.pool_limit) as sender:
+        async with opener(target, self.plan, self.pool_limit, warm) as sender:
             with frozen_heap():
                 yield sender
 
 
 @contextlib.asynccontextmanager
 async def _fast_sender(target: StreamTarget, plan: RequestPlan,
-                       pool_limit: int | None) -> AsyncIterator[Sender]:
+                       pool_limit: int | None, warm: int) -> AsyncIterator[Sender]:
     from twinbench.backends.fast_stream import FastStreamSender
     from twinbench.backends.http1 import ConnectionPool, Endpoint
 
@@ -91,6 +93,7 @@ async def _fast_sender(target: StreamTarget, plan: RequestPlan,
     pool = ConnectionPool(Endpoint.parse(target.url))
     with contextlib.suppress(OSError):
         await pool.resolve()  # before time 0; a failure shows on each request instead
+        await pool.warm(warm, target.timeout_s)
     try:
         yield FastStreamSender(pool, target, plan.body_of, plan.requested_of)
     finally:
@@ -99,7 +102,7 @@ async def _fast_sender(target: StreamTarget, plan: RequestPlan,
 
 @contextlib.asynccontextmanager
 async def _aiohttp_sender(target: StreamTarget, plan: RequestPlan,
-                          pool_limit: int | None) -> AsyncIterator[Sender]:
+                          pool_limit: int | None, warm: int) -> AsyncIterator[Sender]:
     async with open_session(pool_limit) as session:
         yield OpenAIStreamSender(session, target, plan.body_of, plan.requested_of)
 
@@ -151,7 +154,8 @@ class RunDriver:
         self.backend.worker_pids = pool.pids if pool else []
         stats = DispatchStats()
         try:
-            async with factory.open() as sender:
+            async with factory.open(connections_to_warm(parts[0], self.trace.arrival_s,
+                                                        per_cap)) as sender:
                 if pool:
                     pool.wait_ready()
                 self.origin = time.perf_counter() + START_LEAD_S

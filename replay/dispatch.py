@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -44,6 +44,10 @@ class Attempt:
 
 
 class Sender(Protocol):
+    """May also have `begin(row, attempt)`: do at once what can be done without waiting (stamp
+    `sent`, write the request) and return the awaitable that does the rest. The dispatcher
+    then calls it from its timer (without a concurrency cap)."""
+
     async def send(self, row: int, attempt: Attempt) -> None:
         """Send trace row `row`; fill `attempt` (status, stamps, ...) and return."""
         ...
@@ -141,24 +145,54 @@ async def dispatch(rows: np.ndarray, arrival_s: np.ndarray, sender: Sender, orig
             stats.lags.append(lag)
         report(attempt)
 
+    # a sender that can write at once (`begin`) is started from the timer callback itself
+    begin = getattr(sender, "begin", None) if cap is None else None
+
+    def start(row: int) -> None:
+        attempt = Attempt(row=row)
+        if begin is not None:
+            try:
+                work = _finally_done(begin(row, attempt), attempt)
+            except Exception as e:  # recorded by on_done as a client error, like a failed send
+                work = _finally_done(_raise(e), attempt)
+        else:
+            work = one(attempt)
+        task = loop.create_task(work)
+        in_flight[row] = (task, attempt)
+        task.add_done_callback(lambda t, a=attempt: on_done(t, a))
+        stats.sent += 1
+
     async def schedule() -> None:
+        # a chain of timer callbacks rather than `await asyncio.sleep`: a sleeping task wakes
+        # one loop turn after its timer fires, and each turn can hold a dozen stream reads
         n = len(rows)
         k = 0
-        while k < n:
-            due = origin + float(arrival_s[rows[k]])
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = time.perf_counter()
-            # send everything due by now (a late wake-up shows as lag, not as a hidden burst)
-            while k < n and origin + float(arrival_s[rows[k]]) <= now:
-                row = int(rows[k])
-                attempt = Attempt(row=row)
-                task = loop.create_task(one(attempt))
-                in_flight[row] = (task, attempt)
-                task.add_done_callback(lambda t, a=attempt: on_done(t, a))
-                stats.sent += 1
-                k += 1
+        all_sent = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            nonlocal k, timer
+            try:
+                now = time.perf_counter()
+                # send everything due by now (a late wake-up shows as lag, not a hidden burst)
+                while k < n and origin + float(arrival_s[rows[k]]) <= now:
+                    start(int(rows[k]))
+                    k += 1
+                if k < n:
+                    delay = origin + float(arrival_s[rows[k]]) - time.perf_counter()
+                    timer = loop.call_at(loop.time() + delay, fire)
+                elif not all_sent.done():
+                    all_sent.set_result(None)
+            except BaseException as e:  # never die silently inside a callback
+                if not all_sent.done():
+                    all_sent.set_exception(e)
+
+        fire()
+        try:
+            await all_sent
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     scheduler = loop.create_task(schedule())
     stopper = loop.create_task(stop.wait())
@@ -205,6 +239,17 @@ async def dispatch(rows: np.ndarray, arrival_s: np.ndarray, sender: Sender, orig
             report(attempt)
 
 
+async def _finally_done(work: Awaitable[None], attempt: Attempt) -> None:
+    try:
+        await work
+    finally:
+        attempt.done = True
+
+
+async def _raise(error: Exception) -> None:
+    raise error
+
+
 def rows_to_send(trace: Trace, duration_s: float | None) -> tuple[np.ndarray, np.ndarray]:
     """(rows sent in arrival order, rows cut by `--duration`)."""
     order = np.argsort(trace.arrival_s, kind="stable")
@@ -212,3 +257,19 @@ def rows_to_send(trace: Trace, duration_s: float | None) -> tuple[np.ndarray, np
         return order, np.empty(0, dtype=np.int64)
     keep = trace.arrival_s[order] < duration_s
     return order[keep], order[~keep]
+
+
+WARM_WINDOW_S = 1.0   # connections opened ahead: one per request of the first second...
+WARM_MAX = 512        # ...at most this many
+
+
+def connections_to_warm(rows: np.ndarray, arrival_s: np.ndarray, cap: int | None) -> int:
+    """How many connections a share of the trace (`rows`, in arrival order) opens ahead: one
+    per request due in its first `WARM_WINDOW_S`, at most `WARM_MAX` or the concurrency cap.
+    Those requests find an idle connection instead of opening one on the run's clock."""
+    import os
+    if not len(rows) or os.environ.get("TB_NOWARM"):
+        return 0
+    times = arrival_s[rows]
+    n = int(np.searchsorted(times, times[0] + WARM_WINDOW_S, side="right"))
+    return min(n, WARM_MAX, cap or WARM_MAX)

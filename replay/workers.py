@@ -23,15 +23,17 @@ from typing import Callable, Protocol
 import numpy as np
 
 from twinbench.replay import loop as event_loop
-from twinbench.replay.dispatch import Attempt, DispatchSettings, DispatchStats, Sender, dispatch
+from twinbench.replay.dispatch import (Attempt, DispatchSettings, DispatchStats, Sender,
+                                      connections_to_warm, dispatch)
 
 READY_TIMEOUT_S = 60.0
 
 
 class SenderFactory(Protocol):
-    """Picklable; `open()` makes the sender (and its HTTP session) inside a process."""
+    """Picklable; `open(warm)` makes the sender (and its HTTP session) inside a process,
+    with `warm` connections opened ahead where the protocol has connections."""
 
-    def open(self) -> AbstractAsyncContextManager[Sender]: ...
+    def open(self, warm: int = 0) -> AbstractAsyncContextManager[Sender]: ...
 
 
 def shares(rows: np.ndarray, n: int) -> list[np.ndarray]:
@@ -67,7 +69,8 @@ async def _child_run(conn, factory: SenderFactory, rows: np.ndarray, arrival_s: 
     loop.add_reader(conn.fileno(), readable)
     stop = asyncio.Event()
     stats = DispatchStats()
-    async with factory.open() as sender:
+    async with factory.open(connections_to_warm(rows, arrival_s,
+                                                settings.max_concurrency)) as sender:
         conn.send(("ready",))
         msg = await inbox.get()
         if msg[0] != "go":

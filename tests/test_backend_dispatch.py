@@ -2,11 +2,16 @@
 drain limit, worker processes. Against the local fake server (no timing thresholds: only
 causal facts such as "never sent before its arrival time")."""
 
+import asyncio
+import time
+
 import numpy as np
 import pytest
 
 from twinbench.backends.base import ReplayOptions
 from twinbench.backends.openai import OpenAIBackend, OpenAIConfig
+from twinbench.replay.dispatch import (DispatchSettings, DispatchStats, connections_to_warm,
+                                       dispatch)
 from twinbench.replay.run import replay_to_file, replay_to_list
 from twinbench.reports.runfile import read_run
 from twinbench.traces.core import Adapter, Trace
@@ -103,3 +108,59 @@ def test_two_worker_processes_share_one_schedule(server, tmp_path):
     assert len(backend.worker_pids) == 1 and info.extra["workers"] == 2
     assert len(server.received) - before == 40
     assert run.samples  # only the parent scrapes and writes
+
+
+class _BeginSender:
+    """A sender that starts requests from the dispatcher's timer (`begin`); row 1's body
+    cannot be built."""
+
+    def __init__(self):
+        self.begun = []
+
+    def begin(self, row, attempt):
+        if row == 1:
+            raise RuntimeError("body failed")
+        attempt.sent = time.perf_counter()
+        self.begun.append(row)
+        return self._rest(attempt)
+
+    async def _rest(self, attempt):
+        await asyncio.sleep(0.01)
+        attempt.stamps.append(time.perf_counter())
+        attempt.tokens.append(1)
+        attempt.status = "ok"
+
+    async def send(self, row, attempt):
+        await self.begin(row, attempt)
+
+
+def test_a_sender_begun_from_the_timer_keeps_the_schedule_and_reports_a_failed_begin():
+    arrivals = np.array([0.0, 0.01, 0.02, 0.02, 0.05])
+    sender, done = _BeginSender(), []
+
+    async def go():
+        origin = time.perf_counter() + 0.01
+        await dispatch(np.arange(5), arrivals, sender, origin, DispatchSettings(),
+                       asyncio.Event(), done.append, DispatchStats())
+        return origin
+
+    origin = asyncio.run(go())
+    assert sender.begun == [0, 2, 3, 4]  # in schedule order, the failed one skipped
+    by_row = {a.row: a for a in done}
+    assert sorted(by_row) == [0, 1, 2, 3, 4] and len(done) == 5
+    assert by_row[1].status == "error"
+    assert by_row[1].error == "client error: RuntimeError: body failed"
+    for row in (0, 2, 3, 4):
+        a = by_row[row]
+        assert a.status == "ok" and a.done
+        assert a.sent >= origin + arrivals[row]  # never early
+
+
+def test_connections_opened_ahead_cover_the_first_second_within_the_caps():
+    arrivals = np.array([10.0, 10.5, 10.9, 11.0, 11.5, 13.0, 0.0])
+    rows = np.array([0, 1, 2, 3, 4, 5])  # a share, in arrival order (row 6 is another's)
+    assert connections_to_warm(rows, arrivals, None) == 4  # 10.0 .. 11.0 inclusive
+    assert connections_to_warm(rows, arrivals, 2) == 2     # never more than the cap
+    assert connections_to_warm(rows[:0], arrivals, None) == 0
+    many = np.zeros(5000)
+    assert connections_to_warm(np.arange(5000), many, None) == 512

@@ -253,3 +253,40 @@ def test_a_new_connection_closed_before_the_request_fails_at_once():
         assert left == 0
     finally:
         listener.close()
+
+
+def test_connections_opened_ahead_are_the_ones_requests_use(server):
+    url = f"http://127.0.0.1:{server.port}"
+
+    async def go():
+        pool = ConnectionPool(Endpoint.parse(url + "/v1/completions"))
+        opened = await pool.warm(40, 5.0)  # more than one batch of concurrent opens
+        target = StreamTarget(url=url + "/v1/completions", timeout_s=5, chat=False,
+                              headers={})
+        body = json.dumps({"model": "ok"}).encode()
+        sender = FastStreamSender(pool, target, lambda row: body, lambda row: N_TOKENS)
+        attempts = [Attempt(row=k) for k in range(40)]
+        await asyncio.gather(*(sender.begin(k, a) for k, a in enumerate(attempts)))
+        await pool.close()
+        return opened, attempts
+
+    opened, attempts = asyncio.run(go())
+    assert opened == 40
+    assert all(a.status == "ok" and len(a.stamps) == N_TOKENS for a in attempts)
+    assert server.connections == 40  # 40 concurrent requests, no connection opened for them
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_opening_ahead_against_a_closed_port_gives_up_quietly():
+    port = _free_port()
+
+    async def go():
+        pool = ConnectionPool(Endpoint.parse(f"http://127.0.0.1:{port}/v1/completions"))
+        return await pool.warm(10, 5.0), len(pool._open)
+
+    assert asyncio.run(go()) == (0, 0)
