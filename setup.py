@@ -8,11 +8,14 @@ says which engine is in use.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 # The engine's hot loop and what it calls on every step (profiled: >90 % of a simulation).
@@ -59,19 +62,52 @@ def _native_extensions() -> list:
         return []
     for ext in exts:
         ext.optional = True  # a failed C build leaves the pure-Python modules in use
-    _write_stamp()
     return exts
 
 
-def _write_stamp() -> None:
-    """The hashes of the compiled sources: at import, a build that no longer matches its
-    sources (an edited editable install) gives way to them (twin/__init__.py)."""
-    import hashlib
-    import json
+class StampedBuildExt(build_ext):
+    """Writes the hashes of the compiled sources (`_native_build.json`) once every compiled
+    module has built: at import, a build that no longer matches its sources (an edited
+    editable install) gives way to them (twin/__init__.py). When any of them fails, the
+    outputs of earlier builds are removed with the stamp, so an older engine is never taken
+    for the current one."""
 
-    sha = {name: hashlib.sha256((ROOT / "twin" / f"{name}.py").read_bytes()).hexdigest()
-           for name in COMPILED}
-    (ROOT / "twin" / "_native_build.json").write_text(json.dumps({"sha256": sha}, indent=1))
+    def run(self) -> None:
+        self._failed: list[str] = []
+        super().run()
+        if not self.extensions:
+            return
+        # the build tree (wheels: build_py has already copied package data by now), and the
+        # source tree when the build is in place (editable installs); a wheel build leaves
+        # the source tree's own build and hashes alone
+        places = [Path(self.build_lib) / "twinbench" / "twin"]
+        if self.inplace:
+            places.append(ROOT / "twin")
+        if self._failed:
+            print(f"twinbench: the C build failed for {', '.join(self._failed)}; the twin "
+                  "stays pure Python", file=sys.stderr)
+            for ext in self.extensions:
+                name = Path(self.get_ext_filename(self.get_ext_fullname(ext.name))).name
+                for place in places:
+                    (place / name).unlink(missing_ok=True)
+        for place in places:
+            stamp = place / "_native_build.json"
+            if self._failed:
+                stamp.unlink(missing_ok=True)
+            elif place.is_dir():
+                stamp.write_text(json.dumps({"sha256": _source_hashes()}, indent=1))
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except BaseException:
+            self._failed.append(ext.name)
+            raise
 
 
-setup(ext_modules=_native_extensions())
+def _source_hashes() -> dict[str, str]:
+    return {name: hashlib.sha256((ROOT / "twin" / f"{name}.py").read_bytes()).hexdigest()
+            for name in COMPILED}
+
+
+setup(ext_modules=_native_extensions(), cmdclass={"build_ext": StampedBuildExt})

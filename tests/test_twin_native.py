@@ -95,3 +95,30 @@ def test_setup_compiles_the_modules_the_package_checks():
     lists = [ast.literal_eval(node.value) for node in ast.walk(tree)
              if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED"]
     assert lists == [list(NATIVE_MODULES)]
+
+
+def test_a_failed_c_build_removes_the_older_engine_instead_of_vouching_for_it(tmp_path):
+    """Type check passes, the C compile fails (no working compiler): the outputs of an
+    earlier build must go, with the hash file, or the older engine would run as current."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}): nothing is compiled here in the first place")
+    tree = tmp_path / "src"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".hypothesis", "out", "*.so", "_native_build.json"))
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    older = [tree / "twin" / f"{name}{suffix}" for name in NATIVE_MODULES + ("_native__mypyc",)]
+    for path in older:
+        path.write_bytes(b"an older build")
+    (tree / "twin" / "_native_build.json").write_text('{"sha256": {}}')
+    env = {**os.environ, "CC": "/bin/false"}
+    env.pop("TWINBENCH_PURE_PYTHON", None)
+    # an editable install (built in place, as the README's) into a prefix of its own;
+    # --ignore-installed, or pip would first uninstall the twinbench running these tests
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed",
+                    "-q", "-e", str(tree),
+                    "--prefix", str(tmp_path / "prefix")],
+                   check=True, capture_output=True, env=env)
+    assert not any(path.exists() for path in older)
+    assert not (tree / "twin" / "_native_build.json").exists()
