@@ -267,8 +267,7 @@ def connections_to_warm(rows: np.ndarray, arrival_s: np.ndarray, cap: int | None
     """How many connections a share of the trace (`rows`, in arrival order) opens ahead: one
     per request due in its first `WARM_WINDOW_S`, at most `WARM_MAX` or the concurrency cap.
     Those requests find an idle connection instead of opening one on the run's clock."""
-    import os
-    if not len(rows) or os.environ.get("TB_NOWARM"):
+    if not len(rows):
         return 0
     times = arrival_s[rows]
     n = int(np.searchsorted(times, times[0] + WARM_WINDOW_S, side="right"))
