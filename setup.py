@@ -90,12 +90,12 @@ class StampedBuildExt(build_ext):
                 name = Path(self.get_ext_filename(self.get_ext_fullname(ext.name))).name
                 for place in places:
                     (place / name).unlink(missing_ok=True)
+        stamp = "" if self._failed else json.dumps({"sha256": _source_hashes()}, indent=1)
         for place in places:
-            stamp = place / "_native_build.json"
-            if self._failed:
-                stamp.unlink(missing_ok=True)
+            if not stamp:
+                (place / "_native_build.json").unlink(missing_ok=True)
             elif place.is_dir():
-                stamp.write_text(json.dumps({"sha256": _source_hashes()}, indent=1))
+                (place / "_native_build.json").write_text(stamp)
 
     def build_extension(self, ext) -> None:
         try:
