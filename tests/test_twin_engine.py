@@ -18,6 +18,10 @@ PROFILE = Profile.load("llama-3.1-8b-h100")
 LORA_TERMS_PROFILE = PROFILE.with_changes(
     step_time={**PROFILE.section("step_time"), "per_lora_prefill_token_ms": 0.0173,
                "per_lora_step_ms": 0.731}, name="llama-with-lora-terms")
+# the same with speed variation over 3 ms windows (shorter than most steps, so windows change
+# inside segments and between consecutive steps)
+JITTER_PROFILE = LORA_TERMS_PROFILE.with_changes(
+    step_jitter={"sigma": 0.3, "window_ms": 3.0, "seed": 7}, name="llama-with-jitter")
 
 
 def make_trace(seed: int, n: int, n_adapters: int, span_s: float, max_prompt: int,
@@ -83,7 +87,7 @@ def fix_config(cfg: ServerConfig) -> ServerConfig:
 def test_coalesced_and_step_modes_give_identical_records(cfg, seed, n, n_adapters, span, prefix):
     cfg = fix_config(cfg)
     tr = make_trace(seed, n, n_adapters, span, 900, 200, prefix)
-    profile = LORA_TERMS_PROFILE if seed % 2 else PROFILE
+    profile = (PROFILE, LORA_TERMS_PROFILE, JITTER_PROFILE)[seed % 3]
     a = simulate(tr, cfg, profile, mode="coalesced")
     b = simulate(tr, cfg, profile, mode="step")
     assert sorted(map(key, a.records)) == sorted(map(key, b.records))
@@ -281,7 +285,7 @@ def test_decode_segment_ends_equal_stepping_one_by_one(b, kv0, n_adapters, rank_
                                                         waiting, gap_ms, max_steps):
     from twinbench.twin.steptime import StepModel
 
-    model = StepModel.from_profile(LORA_TERMS_PROFILE if running % 2 else PROFILE)
+    model = StepModel.from_profile((PROFILE, LORA_TERMS_PROFILE, JITTER_PROFILE)[running % 3])
     start, limit = 10**9, 10**9 + gap_ms * 10**6
     ends = [int(t) for t in model.decode_segment_ends(start, limit, max_steps, b, kv0,
                                                       n_adapters, rank_sum, running, waiting)]
@@ -290,6 +294,43 @@ def test_decode_segment_ends_equal_stepping_one_by_one(b, kv0, n_adapters, rank_
     for k in range(max_steps):
         if k and t > limit:
             break
-        t += model.step_ns(b, kv0 + b * k, 0, 0, n_adapters, rank_sum, running, waiting)
+        t += model.jittered(t, model.step_ns(b, kv0 + b * k, 0, 0, n_adapters, rank_sum,
+                                             running, waiting))
         expect.append(t)
     assert ends == expect
+
+
+def test_speed_variation_spreads_steps_keeps_their_mean_and_is_reproducible():
+    """A profile's `step_jitter` scales each step by its window's multiplier: one-sequence
+    decode gaps spread (log-sd near sigma), their mean stays the model's (the multipliers
+    average 1), and the same trace gives the same records every time."""
+    from twinbench.twin.steptime import StepModel
+
+    sigma, window_ms = 0.2, 50.0
+    jittery = LORA_TERMS_PROFILE.with_changes(
+        step_jitter={"sigma": sigma, "window_ms": window_ms, "seed": 3}, name="jittery")
+    model = StepModel.from_profile(jittery)
+    nominal = model.step_ns(1, 500, 0, 0, 0, 0, 1, 0)
+    durs = np.array([model.jittered(t, nominal)
+                     for t in range(0, 20_000 * int(window_ms * 1e6), int(window_ms * 1e6))])
+    assert abs(durs.mean() / nominal - 1) < 0.01
+    assert abs(np.std(np.log(durs / nominal)) - sigma) < 0.01
+    # within one window the speed is one: steps starting in it all get the same multiplier
+    w = int(window_ms * 1e6)
+    assert len({model.jittered(7 * w + k * (w // 10), nominal) for k in range(10)}) == 1
+    # a one-request-at-a-time trace: every decode gap is one step, as the model gives
+    tr = Trace(arrival_s=np.arange(40) * 3.0, adapter_idx=np.full(40, -1),
+               prompt_tokens=np.full(40, 100), output_tokens=np.full(40, 200), adapters=[])
+    cfg = ServerConfig(max_num_seqs=16, max_num_batched_tokens=2048, max_model_len=1024)
+    plain = simulate(tr, cfg, LORA_TERMS_PROFILE)
+    a, b = simulate(tr, cfg, jittery), simulate(tr, cfg, jittery)
+    assert [key(r) for r in a.records] == [key(r) for r in b.records]
+    gaps = np.concatenate([np.diff(r.chunk_times) for r in a.records])
+    plain_gaps = np.concatenate([np.diff(r.chunk_times) for r in plain.records])
+    assert np.ptp(plain_gaps) / np.median(plain_gaps) < 0.05  # no variation: context only
+    assert 0.1 < np.std(np.log(gaps / np.median(plain_gaps))) < 0.3
+    assert abs(gaps.mean() / plain_gaps.mean() - 1) < 0.05
+    # sigma 0 is the model without variation, record for record
+    still = simulate(tr, cfg, LORA_TERMS_PROFILE.with_changes(
+        step_jitter={"sigma": 0.0, "window_ms": window_ms}, name="still"))
+    assert [key(r) for r in still.records] == [key(r) for r in plain.records]

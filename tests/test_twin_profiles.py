@@ -85,6 +85,17 @@ def test_profile_errors_name_the_file(tmp_path):
         Profile.load(str(bad))
     with pytest.raises(ProfileError, match="built-in"):
         Profile.load("no-such-profile")
+    for jitter, what in (({"sigma": -0.1, "window_ms": 100}, "step_jitter.sigma"),
+                         ({"sigma": 0.1, "window_ms": 0}, "step_jitter.window_ms"),
+                         ({"sigma": 0.1, "window_ms": float("nan")}, "step_jitter.window_ms"),
+                         ({"sigma": 2.0, "window_ms": 100}, "sigma above 1"),
+                         ({"sigma": 0.1, "window_ms": 100, "seed": "x"}, "step_jitter.seed"),
+                         ([0.1, 100], "step_jitter must be an object")):
+        d = Profile.load("llama-3.1-8b-h100").to_json()
+        d["step_jitter"] = jitter
+        bad.write_text(json.dumps(d))
+        with pytest.raises(ProfileError, match=what):
+            Profile.load(str(bad))
 
 
 def test_fit_recovers_step_coefficients():

@@ -481,8 +481,9 @@ class Engine:
             for a in adapters:
                 rank_sum += self.adapter_ranks[a]
         load = self.caches.use(adapters) if adapters else 0
-        dur = self.model.step_ns(decode, kv, prefill, pairs, len(adapters), rank_sum,
-                                 len(self.running), self.waiting.n) + load
+        dur = self.model.jittered(self.now_ns, self.model.step_ns(
+            decode, kv, prefill, pairs, len(adapters), rank_sum, len(self.running),
+            self.waiting.n)) + load
         return dur, load, adapters, prefill, decode
 
     def _token(self, req: Req, step: int, end: int) -> bool:

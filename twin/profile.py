@@ -97,6 +97,9 @@ class Profile:
             for k, v in d[section].items():
                 if isinstance(v, (int, float)) and (v < 0 or not math.isfinite(v)):
                     raise ProfileError(f"{section}.{k} must be a finite number >= 0", where)
+        jitter = d.get("step_jitter")
+        if jitter is not None:
+            _check_jitter(jitter, where)
         if "name" not in d:
             raise ProfileError("missing key name", where)
         return Profile(name=str(d["name"]), data=copy.deepcopy(d), source=source,
@@ -216,3 +219,20 @@ class Profile:
                        ("base_ms", "per_decode_seq_ms", "per_kv_token_ms")},
             memory={"gpu_memory_utilization": float(mem["gpu_memory_utilization"]) / replicas},
         )
+
+
+def _check_jitter(jitter: Any, where: str) -> None:
+    """`step_jitter`: {sigma >= 0, window_ms > 0 when sigma > 0, seed (int, optional)}."""
+    if not isinstance(jitter, dict):
+        raise ProfileError("step_jitter must be an object {sigma, window_ms, seed}", where)
+    for k in ("sigma", "window_ms"):
+        v = jitter.get(k, 0.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or not math.isfinite(v):
+            raise ProfileError(f"step_jitter.{k} must be a finite number >= 0", where)
+    if jitter.get("sigma", 0.0) > 0 and not jitter.get("window_ms", 0.0) > 0:
+        raise ProfileError("step_jitter.window_ms must be > 0 when sigma > 0", where)
+    if jitter.get("sigma", 0.0) > 1.0:
+        raise ProfileError("step_jitter.sigma above 1 (a log-normal spread of e^1) is not a "
+                           "speed variation the twin models", where)
+    if not isinstance(jitter.get("seed", 0), int) or isinstance(jitter.get("seed", 0), bool):
+        raise ProfileError("step_jitter.seed must be an integer", where)

@@ -23,6 +23,16 @@ on the CPU build, not a constant ratio).
 Coefficients are rounded once to integers (femtoseconds, factor in 1/10⁴), so a step's
 duration is the same integer whether computed alone or for a whole segment at once with NumPy
 (`decode_segment_ns`): the coalesced and step-by-step modes agree bit for bit.
+
+Speed variation (the profile's optional `step_jitter`): a real server's steps of one shape
+are not all equal. On the vLLM CPU build one-sequence decode steps lie anywhere in 7-13 ms,
+in runs of a few tens of steps at one level (the machine's speed drifts; see
+docs/calibration.md). The twin models that as a multiplier on the whole step that is
+constant within a window of simulated time: a step starting at t lasts
+`step_ns · jitter_bp[(t // window_ns) mod 65536] // 10⁴`, the table drawn once from a
+log-normal with mean 1 (so throughput is unchanged on average) from the profile's seed. It
+depends only on the step's start time, so both engine modes still agree bit for bit and a
+run is still reproducible; without `step_jitter` (every built-in GPU profile) nothing changes.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from twinbench.twin.profile import Profile
 _FS_PER_MS = 10**12
 _BP = 10_000
 _PYTHON_SEGMENT_MAX = 48  # segments up to this many steps: a Python loop beats NumPy's overhead
+_JITTER_TABLE = 1 << 16  # windows before the speed-variation table repeats
 
 
 def _fs(ms: float) -> int:
@@ -64,6 +75,8 @@ class StepModel:
     input_ns: int
     output_ns: int
     lora_enabled: bool
+    jitter_window_ns: int = 0                 # 0: no speed variation
+    jitter_bp: tuple[int, ...] = ()          # per-window multipliers, 1/10⁴
 
     @staticmethod
     def from_profile(profile: Profile, lora_enabled: bool = True) -> "StepModel":
@@ -86,7 +99,14 @@ class StepModel:
             input_ns=_fs(fe.get("input_ms", 0.0)) // 10**6,
             output_ns=_fs(fe.get("output_ms", 0.0)) // 10**6,
             lora_enabled=lora_enabled,
+            **_jitter_fields(profile.data.get("step_jitter")),
         )
+
+    def jittered(self, start_ns: int, dur_ns: int) -> int:
+        """A step of nominal `dur_ns` starting at `start_ns`, with the speed of its window."""
+        if not self.jitter_window_ns:
+            return dur_ns
+        return dur_ns * self.jitter_bp[(start_ns // self.jitter_window_ns) & (_JITTER_TABLE - 1)] // _BP
 
     def factor_bp(self, n_adapters: int, rank_sum: int) -> int:
         if n_adapters:
@@ -137,6 +157,9 @@ class StepModel:
         fs = self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens0
         fs_step = self.kv_token_fs * decode_seqs
         first_ns = (fs // 1000) * fbp // _BP // 1000 + const_ns
+        if self.jitter_window_ns:
+            return self._jittered_segment_ends(start_ns, limit_ns, max_steps, fs, fs_step, fbp,
+                                               const_ns)
         bound = max_steps
         if first_ns > 0 and fs_step >= 0 and fbp >= 0:
             # durations never shrink, so at most (limit - start) // first steps end by the limit:
@@ -157,8 +180,35 @@ class StepModel:
         arr = start_ns + np.cumsum(durs)
         return arr[:1 + int(np.searchsorted(arr[:bound - 1], limit_ns, side="right"))]
 
+    def _jittered_segment_ends(self, start_ns: int, limit_ns: int, max_steps: int, fs: int,
+                               fs_step: int, fbp: int, const_ns: int) -> list[int]:
+        """`decode_segment_ends` with speed variation: step by step, each step scaled by its
+        start's window (durations may shrink, so no bound from the first step)."""
+        ends = []
+        t = start_ns
+        window, table, mask = self.jitter_window_ns, self.jitter_bp, _JITTER_TABLE - 1
+        for _ in range(max_steps):
+            dur = (fs // 1000) * fbp // _BP // 1000 + const_ns
+            t += dur * table[(t // window) & mask] // _BP
+            ends.append(t)
+            if t > limit_ns:
+                break
+            fs += fs_step
+        return ends
+
     def load_ns(self, rank: int, from_disk: bool) -> int:
         fs = self.cpu_to_gpu_fs + self.cpu_to_gpu_rank_fs * rank
         if from_disk:
             fs += self.disk_to_cpu_fs + self.disk_to_cpu_rank_fs * rank
         return fs // 10**6
+
+
+def _jitter_fields(section: dict | None) -> dict:
+    """StepModel fields for a profile's `step_jitter` ({sigma, window_ms, seed}), none if absent."""
+    if not section or float(section.get("sigma", 0.0)) <= 0 or float(section.get("window_ms", 0.0)) <= 0:
+        return {}
+    sigma = float(section["sigma"])
+    z = np.random.default_rng(int(section.get("seed", 0))).standard_normal(_JITTER_TABLE)
+    mult = np.exp(sigma * z - sigma * sigma / 2)  # log-normal, mean 1
+    return {"jitter_window_ns": int(round(float(section["window_ms"]) * 1e6)),
+            "jitter_bp": tuple(int(v) for v in np.rint(mult * _BP))}
