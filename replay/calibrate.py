@@ -166,6 +166,15 @@ def histogram_means(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
+def _add_histogram_delta(acc: dict, before: dict, after: dict) -> None:
+    """Add what the server's histograms gained between two scrapes to `acc` ((sum, count))."""
+    for name in SERVER_HISTOGRAMS:
+        if name in before and name in after:
+            s0, c0 = acc.get(name, (0.0, 0.0))
+            acc[name] = (s0 + after[name][0] - before[name][0],
+                         c0 + after[name][1] - before[name][1])
+
+
 def metrics_text(backend) -> str | None:
     """The server's /metrics exposition (None when it has none or cannot be reached)."""
     async def go():
@@ -235,6 +244,7 @@ class Profiler:
         self.skipped: list[dict] = []
         self.ran: list[dict] = []
         self.fresh_names = 0
+        self._load_reps: set[tuple[int, int]] = set()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -261,32 +271,58 @@ class Profiler:
         return float(np.median(np.concatenate(gaps))) * 1000
 
     def run(self, points: list[PlanPoint], step_ms: float,
-            on_point: Callable[[PlanPoint], None] | None = None) -> None:
-        for k, point in enumerate(points):
-            est = point.est_s(step_ms)
-            if self.remaining() < min(est, self.budget_s) * 0.8:
-                self.skipped.append({"point": point.to_dict(), "reason": "budget"})
-                continue
-            t0 = time.monotonic()
-            if point.kind == "load":
-                self._load_point(point, k)
-            else:
-                before = server_histograms(metrics_text(self.backend))
-                reps = []
-                for rep in range(point.repeats):
-                    if rep and self.remaining() <= 0:
-                        break
-                    # a batch still running when the budget ends is cut there (its chunk
-                    # gaps so far still count)
-                    reps.append(send_batch(self.backend, point, f"p{k}r{rep}",
-                                           self.seed * 100003 + k * 101 + rep,
-                                           timeout_s=max(5.0, self.remaining() + 5.0)))
-                after = server_histograms(metrics_text(self.backend))
-                self.results.append(PointResult(point, reps, time.monotonic() - t0,
-                                                histogram_means(before, after)))
-            self.ran.append({"point": point.to_dict(), "wall_s": round(time.monotonic() - t0, 3)})
-            if on_point is not None:
-                on_point(point)
+            on_batch: Callable[[PlanPoint], None] | None = None) -> None:
+        """Run the plan in rounds: round r sends repeat r of every point that has one.
+
+        A point's repeats are spread over the whole profiling time rather than sent back to
+        back, because the server's speed drifts: on the 2-core VM one-request decode steps sat
+        at ~8 ms for several seconds, then at ~10-11 ms, so four consecutive repeats of the
+        one-request point could all land in a fast spell and the fit then put the one-request
+        step 20 % below what any later workload saw. Spread out, each point samples the drift
+        like the workloads do, and it stops being confounded with batch size. A budget that
+        ends early leaves fewer repeats of every point instead of points never run.
+        """
+        per_point: dict[int, dict[str, Any]] = {}
+        last_scrape = server_histograms(metrics_text(self.backend))
+        try:
+            for rnd in range(max((p.repeats for p in points), default=0)):
+                for k, point in enumerate(points):
+                    if rnd >= point.repeats or (rnd and k not in per_point):
+                        continue
+                    est = point.est_s(step_ms) / point.repeats
+                    if self.remaining() < min(est, self.budget_s) * 0.8:
+                        if rnd == 0:
+                            self.skipped.append({"point": point.to_dict(), "reason": "budget"})
+                        continue
+                    state = per_point.setdefault(k, {"reps": [], "wall": 0.0, "hist": {}})
+                    t0 = time.monotonic()
+                    if point.kind == "load":
+                        self._load_repeat(point, k, rnd)
+                    else:
+                        # a batch still running when the budget ends is cut there (its chunk
+                        # gaps so far still count)
+                        state["reps"].append(send_batch(
+                            self.backend, point, f"p{k}r{rnd}", self.seed * 100003 + k * 101 + rnd,
+                            timeout_s=max(5.0, self.remaining() + 5.0)))
+                    scrape = server_histograms(metrics_text(self.backend))
+                    if point.kind != "load":
+                        _add_histogram_delta(state["hist"], last_scrape, scrape)
+                    last_scrape = scrape
+                    state["wall"] += time.monotonic() - t0
+                    if on_batch is not None:
+                        on_batch(point)
+        finally:  # an interrupted run keeps (and fits) what it measured
+            for k, point in enumerate(points):
+                state = per_point.get(k)
+                if state is None:
+                    continue
+                if point.kind != "load":
+                    zero = {name: (0.0, 0.0) for name in state["hist"]}
+                    self.results.append(PointResult(point, state["reps"], state["wall"],
+                                                    histogram_means(zero, state["hist"])))
+                self.ran.append({"point": point.to_dict(), "wall_s": round(state["wall"], 3),
+                                 "repeats_run": len(state["reps"]) if point.kind != "load" else
+                                 sum(1 for r in range(point.repeats) if (k, r) in self._load_reps)})
 
     # ---- adapter loads ------------------------------------------------------------------
     def _ttft_ms(self, name: str, tag: str, seed: int) -> float | None:
@@ -306,35 +342,37 @@ class Profiler:
                    tag, self.seed)
         return True
 
-    def _load_point(self, point: PlanPoint, k: int) -> None:
+    def _load_repeat(self, point: PlanPoint, k: int, rep: int) -> None:
+        """One cold-vs-warm measurement of `point`'s adapter (evicted, and where the server
+        allows it, registered under a fresh name)."""
+        self._load_reps.add((k, rep))
         name = point.adapters[0]
         rank = self.target.adapters.get(name, 0)
-        for rep in range(point.repeats):
-            tag = f"p{k}r{rep}"
-            if self._evict(name, f"{tag}-evict"):
-                cold = self._ttft_ms(name, f"{tag}-cold", self.seed + rep)
-                warm = self._ttft_ms(name, f"{tag}-warm", self.seed + rep + 7)
-                if cold is not None and warm is not None:
-                    self.loads.append({"kind": "cpu_to_gpu", "adapter": name, "rank": rank,
-                                       "cold_ttft_ms": cold, "warm_ttft_ms": warm,
-                                       "load_ms": max(0.0, cold - warm)})
-            path = self.target.adapter_paths.get(name)
-            if path and self.target.runtime_loading:
-                fresh = f"twinbench-calibrate-{os.getpid()}-{self.fresh_names}"
-                self.fresh_names += 1
-                if register_adapter(self.backend, fresh, path):
-                    try:
-                        self.backend.probe_now()
-                        cold = self._ttft_ms(fresh, f"{tag}-fresh", self.seed + rep)
-                        warm = self._ttft_ms(fresh, f"{tag}-fresh-warm", self.seed + rep + 7)
-                        if cold is not None and warm is not None:
-                            self.loads.append({"kind": "disk_to_cpu+cpu_to_gpu", "adapter": name,
-                                               "rank": rank, "cold_ttft_ms": cold,
-                                               "warm_ttft_ms": warm,
-                                               "load_ms": max(0.0, cold - warm)})
-                    finally:
-                        unregister_adapter(self.backend, fresh)
-                        self.backend.probe_now()
+        tag = f"p{k}r{rep}"
+        if self._evict(name, f"{tag}-evict"):
+            cold = self._ttft_ms(name, f"{tag}-cold", self.seed + rep)
+            warm = self._ttft_ms(name, f"{tag}-warm", self.seed + rep + 7)
+            if cold is not None and warm is not None:
+                self.loads.append({"kind": "cpu_to_gpu", "adapter": name, "rank": rank,
+                                   "cold_ttft_ms": cold, "warm_ttft_ms": warm,
+                                   "load_ms": max(0.0, cold - warm)})
+        path = self.target.adapter_paths.get(name)
+        if path and self.target.runtime_loading:
+            fresh = f"twinbench-calibrate-{os.getpid()}-{self.fresh_names}"
+            self.fresh_names += 1
+            if register_adapter(self.backend, fresh, path):
+                try:
+                    self.backend.probe_now()
+                    cold = self._ttft_ms(fresh, f"{tag}-fresh", self.seed + rep)
+                    warm = self._ttft_ms(fresh, f"{tag}-fresh-warm", self.seed + rep + 7)
+                    if cold is not None and warm is not None:
+                        self.loads.append({"kind": "disk_to_cpu+cpu_to_gpu", "adapter": name,
+                                           "rank": rank, "cold_ttft_ms": cold,
+                                           "warm_ttft_ms": warm,
+                                           "load_ms": max(0.0, cold - warm)})
+                finally:
+                    unregister_adapter(self.backend, fresh)
+                    self.backend.probe_now()
 
 
 def check_runtime_loading(backend, target: ServerTarget) -> bool:
@@ -391,7 +429,7 @@ def decode_rows(result: PointResult, ranks: dict[str, int], lora_server: bool) -
             kmid = (k0 + k1 - 1) / 2
             rows.append({
                 "kind": "lora decode" if names else "decode", "point": p.note, "repeat": rep,
-                "step_ms": step_ms, "decode_seqs": p.concurrency,
+                "steps": k1 - k0, "step_ms": step_ms, "decode_seqs": p.concurrency,
                 "kv_tokens": int(round(p.concurrency * (p.prompt_tokens + kmid + 1))),
                 "prefill_tokens": 0, "attention_pairs": 0, "adapters": len(names),
                 "rank_sum": sum(ranks.get(a, 0) for a in names), "lora_server": lora_server})
@@ -454,4 +492,4 @@ def progress_bar(total: int, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc="calibrate", unit="point", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc="calibrate", unit="batch", file=sys.stderr, dynamic_ncols=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from twinbench.replay.calibrate import SEGMENT_STEPS
 from twinbench.twin.fit import (FRONTEND, LORA_FACTOR_KEYS, TERMS, StepDesign,
                                fit_adapter_loads, fit_step_time)
 from twinbench.twin.fit import predict_step_ms as predict
@@ -96,6 +97,7 @@ def fit_all(decode: list[dict], prefill: list[dict], loads: list[dict],
                         "frontend as one more term"
     adapter_load = _fit_loads(loads)
     return {"step_time": rel, "frontend_ms": f_ms, "adapter_load": adapter_load,
+            "step_jitter": estimate_jitter(decode, rel),
             "fit_report": report, "quality": quality(rows, rel), "rows": rows,
             "fit_s": time.perf_counter() - t0}
 
@@ -144,6 +146,52 @@ def refine_relative(rows: list[dict], st: dict, fix: dict,
     res = least_squares(lambda th: sqrt_w * (design.predict(unpack(th * scale)) - y) / y, x0,
                         bounds=(0.0, np.inf), method="trf", x_scale="jac")
     return unpack(res.x * scale)
+
+
+MIN_JITTER_ROWS = 20  # decode segments needed to estimate the speed variation at all
+
+
+def estimate_jitter(rows: list[dict], st: dict) -> dict[str, Any] | None:
+    """The server's speed variation (the profile's `step_jitter`) from decode segments.
+
+    Each decode segment's log(measured / fitted) is taken relative to the median of its own
+    point (same batch, adapters and plan point), so what the model misfits for a whole point
+    is left out and what remains is how the same step varied over time. `sigma` is that
+    spread (1.4826 × median absolute deviation: robust to the odd interfered segment). The
+    window follows from how alike consecutive segments of one batch are: for a speed that is
+    constant within windows of W (at random phase), the means of two adjacent segments of D
+    (8 steps, D ≪ W) correlate as ρ = (1 − D/W) / (1 − D/3W) ≈ 1 − 2D/3W, so
+    W = 2D / 3(1 − ρ), kept between D and 10 s. None when there are too few segments.
+    """
+    dec = [r for r in rows if r["kind"] in ("decode", "lora decode") and r["step_ms"] > 0]
+    if len(dec) < MIN_JITTER_ROWS:
+        return None
+    res = np.log(np.array([r["step_ms"] for r in dec]) / np.maximum(predict(dec, st), 1e-9))
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(dec):
+        key = (r["kind"], r.get("point"), r["decode_seqs"], r["adapters"], r["rank_sum"])
+        groups.setdefault(key, []).append(i)
+    centred = np.empty_like(res)
+    for idx in groups.values():
+        centred[idx] = res[idx] - np.median(res[idx])
+    sigma = float(1.4826 * np.median(np.abs(centred)))
+    first, second, span = [], [], []
+    for idx in groups.values():
+        for i, j in zip(idx[:-1], idx[1:]):
+            if dec[i].get("repeat") == dec[j].get("repeat"):
+                first.append(centred[i])
+                second.append(centred[j])
+                span.append(dec[i].get("steps", SEGMENT_STEPS) * dec[i]["step_ms"])
+    if len(first) < MIN_JITTER_ROWS or not np.std(first) or not np.std(second):
+        return None
+    rho = float(np.corrcoef(first, second)[0, 1])
+    seg_ms = float(np.median(span))
+    window = min(10_000.0, max(seg_ms, 2.0 * seg_ms / (3.0 * max(1e-9, 1.0 - rho))))
+    return {"sigma": round(sigma, 4), "window_ms": round(window, 1), "seed": 0,
+            "estimate": {"segments": len(dec), "segment_ms": round(seg_ms, 1),
+                         "lag1_correlation": round(rho, 3),
+                         "method": "decode segments relative to their point's median; "
+                                   "window from consecutive segments' correlation"}}
 
 
 def _fit_loads(loads: list[dict]) -> dict[str, float]:
@@ -208,6 +256,7 @@ def build_profile(name: str, target: Any, server_flags: dict[str, Any], fit: dic
                      "note": "naive baseline (twin/baseline.py): one constant step per token, "
                              "measured median decode step of a single request"},
         "replica_bandwidth_share": 1.0,
+        **({"step_jitter": fit["step_jitter"]} if fit.get("step_jitter") else {}),
         "provenance": {
             "sources": [f"twinbench calibrate: black-box profiling plan through the real "
                         f"backend against {target.base_url} ({target.model}, vLLM "

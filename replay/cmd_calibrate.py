@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
               f"{target.version or '?'}): {len(plan)} of {len(full)} plan points, est. "
               f"{plan_cost_s(plan, step_guess):.0f} s of {budget_s:.0f} s budget "
               f"(step guess {step_guess:.1f} ms)", file=sys.stderr)
-    bar = cal.progress_bar(len(plan), args.quiet)
+    bar = cal.progress_bar(sum(p.repeats for p in plan), args.quiet)
     interrupted = False
     try:
-        prof.run(plan, step_guess, on_point=(lambda p: bar.update(1)) if bar else None)
+        prof.run(plan, step_guess, on_batch=(lambda p: bar.update(1)) if bar else None)
     except KeyboardInterrupt:
         interrupted = True  # fit what was measured
     finally:

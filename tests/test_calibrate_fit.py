@@ -173,3 +173,108 @@ def test_frontend_from_a_real_calibration_whose_long_prompts_curve():
     assert 0.9 < st["per_decode_seq_ms"] < 1.4
     assert fit["quality"]["all"]["r2"] > 0.98
     assert fit["quality"]["decode"]["rel_residual_pct"]["p50"] < 15.0
+
+
+def _jittery_rows(sigma: float, window_ms: float, seed: int = 0, repeats: int = 8) -> list[dict]:
+    """Decode segments of several points whose server speed is log-normal and constant within
+    windows of `window_ms` (what `step_jitter` models), repeats spread over time."""
+    rng = np.random.default_rng(seed)
+    speed: dict[int, float] = {}
+    rows, t = [], 0.0
+    for rep in range(repeats):
+        for b in (1, 2, 4, 8):
+            kv = b * 40
+            nominal = _step_ms(b, kv, 0, 0, 0, 0)
+            for _ in range(16):  # 16 segments of 8 steps
+                steps = []
+                for _ in range(8):
+                    w = int(t // window_ms)
+                    if w not in speed:
+                        speed[w] = float(np.exp(sigma * rng.standard_normal() - sigma ** 2 / 2))
+                    steps.append(nominal * speed[w])
+                    t += steps[-1]
+                rows.append({"kind": "decode", "point": "decode step vs batch size",
+                             "repeat": rep, "steps": 8, "step_ms": float(np.mean(steps)),
+                             "decode_seqs": b, "kv_tokens": kv, "prefill_tokens": 0,
+                             "attention_pairs": 0, "adapters": 0, "rank_sum": 0,
+                             "lora_server": True})
+            t += 1000.0  # the next batch starts a second later
+    return rows
+
+
+def test_speed_variation_is_estimated_from_decode_segments():
+    from twinbench.replay.calibrate_fit import estimate_jitter
+
+    for sigma, window_ms in ((0.15, 600.0), (0.3, 300.0)):
+        est = estimate_jitter(_jittery_rows(sigma, window_ms), TRUE)
+        assert est is not None
+        # a point's own median absorbs a little of the spread: estimates run up to ~25 % low
+        assert est["sigma"] == pytest.approx(sigma, rel=0.35)
+        assert window_ms / 2 < est["window_ms"] < window_ms * 2
+    # steps that never vary give no variation to model
+    steady = [{**r, "step_ms": _step_ms(r["decode_seqs"], r["kv_tokens"], 0, 0, 0, 0)}
+              for r in _jittery_rows(0.15, 600.0)]
+    assert estimate_jitter(steady, TRUE) is None
+    assert estimate_jitter(_jittery_rows(0.15, 600.0)[:10], TRUE) is None  # too few rows
+    # a calibrated profile carries it, and the twin reads it
+    prof = Profile.load("llama-3.1-8b-h100").with_changes(
+        step_jitter=estimate_jitter(_jittery_rows(0.15, 600.0), TRUE), name="jittery")
+    from twinbench.twin.steptime import StepModel
+    assert StepModel.from_profile(prof).jitter_window_ns > 0
+
+
+def _profiler(points_seen: list, fail_at: int | None = None):
+    """A Profiler whose batches are recorded instead of sent (their order is under test)."""
+    from twinbench.replay import calibrate as cal
+
+    target = cal.ServerTarget(base_url="http://127.0.0.1:9", model="m", version=None,
+                              max_model_len=1024, adapters={}, adapter_paths={})
+    prof = cal.Profiler(backend=None, target=target, budget_s=3600.0, quiet=True)
+
+    def fake_send(backend, point, tag, seed, timeout_s=120.0):
+        if fail_at is not None and len(points_seen) == fail_at:
+            raise KeyboardInterrupt
+        points_seen.append(tag)
+        return _records(point, np.full(point.output_tokens, 10.0), 20.0)
+    return prof, fake_send
+
+
+def test_profiler_spreads_each_points_repeats_over_the_run(monkeypatch):
+    from twinbench.replay import calibrate as cal
+
+    seen: list[str] = []
+    prof, fake_send = _profiler(seen)
+    monkeypatch.setattr(cal, "send_batch", fake_send)
+    monkeypatch.setattr(cal, "metrics_text", lambda backend: None)
+    points = [PlanPoint("decode", 1, 32, 20, repeats=3), PlanPoint("prefill", 1, 64, 2),
+              PlanPoint("decode", 2, 32, 20, repeats=2)]
+    prof.run(points, step_ms=10.0)
+    # round r sends repeat r of every point that has one
+    assert seen == ["p0r0", "p1r0", "p2r0", "p0r1", "p2r1", "p0r2"]
+    assert [len(r.records) for r in prof.results] == [3, 1, 2]
+    assert [r.point for r in prof.results] == points
+    assert [e["repeats_run"] for e in prof.ran] == [3, 1, 2]
+
+    # stopped (Ctrl-C) in the second round: every batch measured so far is kept
+    seen2: list[str] = []
+    prof2, fake_send2 = _profiler(seen2, fail_at=4)
+    monkeypatch.setattr(cal, "send_batch", fake_send2)
+    with pytest.raises(KeyboardInterrupt):
+        prof2.run(points, step_ms=10.0)
+    assert [len(r.records) for r in prof2.results] == [2, 1, 1]
+
+
+def test_profiler_out_of_budget_skips_the_points_it_cannot_start(monkeypatch):
+    from twinbench.replay import calibrate as cal
+
+    seen: list[str] = []
+    prof, fake_send = _profiler(seen)
+    monkeypatch.setattr(cal, "send_batch", fake_send)
+    monkeypatch.setattr(cal, "metrics_text", lambda backend: None)
+    left = iter([100.0, 100.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(prof, "remaining", lambda: next(left, 0.0))
+    points = [PlanPoint("decode", 1, 32, 20, repeats=3), PlanPoint("decode", 2, 32, 20, repeats=3)]
+    prof.run(points, step_ms=10.0)
+    assert seen == ["p0r0"]
+    assert [e["point"]["concurrency"] for e in prof.skipped] == [2]
+    assert len(prof.ran) + len(prof.skipped) == len(points)
