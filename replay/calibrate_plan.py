@@ -78,10 +78,13 @@ def build_plan(f: PlanFacts) -> list[PlanPoint]:
     points: list[PlanPoint] = []
     batches = _concurrencies(f.max_num_seqs)
     # decode step vs batch size (short context) and vs context (long prompts)
+    # the smallest batches get more repeats: they are cheap, they set the step of a lightly
+    # loaded server (every workload's ITL at low load), and the server's speed drifts by
+    # ±15 % over seconds, so a few repeats sample it poorly
     for b in batches:
-        points.append(PlanPoint("decode", b, short_p, 128, priority=1 if b in
-                                (1, batches[len(batches) // 2], batches[-1]) else 2,
-                                note="decode step vs batch size"))
+        points.append(PlanPoint("decode", b, short_p, 128, repeats=2 if b <= 2 else 1,
+                                priority=1 if b in (1, batches[len(batches) // 2], batches[-1])
+                                else 2, note="decode step vs batch size"))
     for b in batches[::2] + ([batches[-1]] if len(batches) % 2 == 0 else []):
         points.append(PlanPoint("decode", b, long_p, out_long, priority=1 if b == batches[-1]
                                 else 2, note="decode step vs context"))
