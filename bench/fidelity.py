@@ -354,8 +354,11 @@ def retwin(args) -> int:
         twin_path, base_path = (os.path.join(folder, f"retwin-{x}.jsonl")
                                 for x in ("twin", "baseline"))
         replay_to_file(trace, TwinBackend(profile, config), opts, twin_path, force=True)
+        seeds = vr.twin_seed_runs(trace, profile, config, opts, folder,
+                                  vr.twin_seeds_default(profile), force=True, prefix="retwin-twin")
         replay_to_file(trace, BaselineBackend(profile), opts, base_path, force=True)
-        run = vr.ValidationRun(reals, twin_path, base_path, config, vr.StaticFacts())
+        run = vr.ValidationRun(reals, twin_path, base_path, config, vr.StaticFacts(),
+                               twin_seed_paths=seeds)
         real, twin, base = vr.summarize_all(run, tuple(doc["window_s"]), drain)
         fid = val.fidelity(real, twin, base)
         results[w] = {"description": doc.get("description", w), "requests": len(trace),

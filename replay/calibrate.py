@@ -272,57 +272,59 @@ class Profiler:
 
     def run(self, points: list[PlanPoint], step_ms: float,
             on_batch: Callable[[PlanPoint], None] | None = None) -> None:
-        """Run the plan in rounds: round r sends repeat r of every point that has one.
+        """Run the plan with each point's repeats spread evenly over the profiling time.
 
-        A point's repeats are spread over the whole profiling time rather than sent back to
-        back, because the server's speed drifts: on the 2-core VM one-request decode steps sat
-        at ~8 ms for several seconds, then at ~10-11 ms, so four consecutive repeats of the
-        one-request point could all land in a fast spell and the fit then put the one-request
-        step 20 % below what any later workload saw. Spread out, each point samples the drift
-        like the workloads do, and it stops being confounded with batch size. A budget that
-        ends early leaves fewer repeats of every point instead of points never run.
+        Repeat r of a point with n repeats is due at the fraction (r + ½) / n of the run, and
+        batches go in that order. Sent back to back instead, a point's repeats would all
+        measure one moment of a server whose speed drifts: on the 2-core VM one-request
+        decode steps sat at ~8 ms for several seconds, then at ~10-11 ms, so four consecutive
+        repeats of the one-request point could all land in a fast spell, and the fit then put
+        the one-request step 20 % below what every later workload saw. Spread out, each point
+        samples the drift as the workloads do, and the drift is no longer confounded with
+        batch size or prompt length. A budget that ends early leaves every point with about
+        the same share of its repeats, instead of points never run.
         """
+        schedule = sorted(((r + 0.5) / p.repeats, k, r) for k, p in enumerate(points)
+                          for r in range(p.repeats))
         per_point: dict[int, dict[str, Any]] = {}
         last_scrape = server_histograms(metrics_text(self.backend))
         try:
-            for rnd in range(max((p.repeats for p in points), default=0)):
-                for k, point in enumerate(points):
-                    if rnd >= point.repeats or (rnd and k not in per_point):
-                        continue
-                    est = point.est_s(step_ms) / point.repeats
-                    if self.remaining() < min(est, self.budget_s) * 0.8:
-                        if rnd == 0:
-                            self.skipped.append({"point": point.to_dict(), "reason": "budget"})
-                        continue
-                    state = per_point.setdefault(k, {"reps": [], "wall": 0.0, "hist": {}})
-                    t0 = time.monotonic()
-                    if point.kind == "load":
-                        self._load_repeat(point, k, rnd)
-                    else:
-                        # a batch still running when the budget ends is cut there (its chunk
-                        # gaps so far still count)
-                        state["reps"].append(send_batch(
-                            self.backend, point, f"p{k}r{rnd}", self.seed * 100003 + k * 101 + rnd,
-                            timeout_s=max(5.0, self.remaining() + 5.0)))
-                    scrape = server_histograms(metrics_text(self.backend))
-                    if point.kind != "load":
-                        _add_histogram_delta(state["hist"], last_scrape, scrape)
-                    last_scrape = scrape
-                    state["wall"] += time.monotonic() - t0
-                    if on_batch is not None:
-                        on_batch(point)
+            for _, k, rep in schedule:
+                point = points[k]
+                est = point.est_s(step_ms) / point.repeats
+                if self.remaining() < min(est, self.budget_s) * 0.8:
+                    continue
+                state = per_point.setdefault(k, {"reps": [], "wall": 0.0, "hist": {}})
+                t0 = time.monotonic()
+                if point.kind == "load":
+                    self._load_repeat(point, k, rep)
+                else:
+                    # a batch still running when the budget ends is cut there (its chunk
+                    # gaps so far still count)
+                    state["reps"].append(send_batch(
+                        self.backend, point, f"p{k}r{rep}", self.seed * 100003 + k * 101 + rep,
+                        timeout_s=max(5.0, self.remaining() + 5.0)))
+                scrape = server_histograms(metrics_text(self.backend))
+                if point.kind != "load":
+                    _add_histogram_delta(state["hist"], last_scrape, scrape)
+                last_scrape = scrape
+                state["wall"] += time.monotonic() - t0
+                if on_batch is not None:
+                    on_batch(point)
         finally:  # an interrupted run keeps (and fits) what it measured
             for k, point in enumerate(points):
                 state = per_point.get(k)
                 if state is None:
+                    self.skipped.append({"point": point.to_dict(), "reason": "budget"})
                     continue
                 if point.kind != "load":
                     zero = {name: (0.0, 0.0) for name in state["hist"]}
                     self.results.append(PointResult(point, state["reps"], state["wall"],
                                                     histogram_means(zero, state["hist"])))
+                done = (len(state["reps"]) if point.kind != "load" else
+                        sum(1 for r in range(point.repeats) if (k, r) in self._load_reps))
                 self.ran.append({"point": point.to_dict(), "wall_s": round(state["wall"], 3),
-                                 "repeats_run": len(state["reps"]) if point.kind != "load" else
-                                 sum(1 for r in range(point.repeats) if (k, r) in self._load_reps)})
+                                 "repeats_run": done})
 
     # ---- adapter loads ------------------------------------------------------------------
     def _ttft_ms(self, name: str, tag: str, seed: int) -> float | None:

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the twin's profile (e.g. from twinbench calibrate)")
     parser.add_argument("--repeat", type=int, default=3, metavar="N",
                         help="real runs (noise floor; default 3)")
+    parser.add_argument("--twin-seeds", type=int, metavar="N",
+                        help="twin runs to average, each with another speed-variation seed "
+                             "(default 5 when the profile has step_jitter, else 1)")
     parser.add_argument("-o", "--output", default="validation", metavar="DIR",
                         help="folder for run files and the report (default ./validation)")
     parser.add_argument("--force", action="store_true", help="overwrite files in DIR")
@@ -70,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if os.path.exists(outdir) and not os.path.isdir(outdir):
         raise TwinbenchError(f"{outdir}: not a directory (-o)")
     profile = Profile.load(args.profile)
+    twin_seeds = vr.twin_seeds_default(profile) if args.twin_seeds is None else args.twin_seeds
+    if twin_seeds < 1:
+        raise TwinbenchError(f"--twin-seeds {args.twin_seeds}: must be >= 1")
+    if twin_seeds > 1 and vr.twin_seeds_default(profile) == 1:
+        raise TwinbenchError(f"--twin-seeds {twin_seeds}: profile {profile.name} has no speed "
+                             "variation (step_jitter), so every twin run is the same")
     trace = trace_from_args(args)
     if not len(trace):
         raise TwinbenchError("the trace has no requests")
@@ -84,10 +93,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"twinbench: twin config: {_config_text(config)}", file=sys.stderr)
     run_ = vr.run_all(trace, backend, profile, config, facts, options, outdir, args.repeat,
-                      force=True, quiet=args.quiet)
+                      force=True, quiet=args.quiet, twin_seeds=twin_seeds)
     real, twin, base = vr.summarize_all(run_, window, args.drain_limit,
                                         args.starvation_threshold, args.alpha)
     fid = val.fidelity(real, twin, base)
+    if twin_seeds > 1:
+        fid.notes.append(f"twin: mean of {twin_seeds} runs with different speed-variation "
+                         "seeds (the profile's step_jitter; --twin-seeds)")
     failures = val.check_bounds(fid, bounds)
     json_path, html_path = vr.write_reports(outdir, run_, real, twin, base, fid, failures,
                                             extra={"bounds": bounds, "window_s": list(window)})

@@ -7,6 +7,10 @@ Three SMAPE columns per metric (common convention, `reports.stats.smape`):
 A fidelity bound B on a metric fails when twin vs real > max(B, real vs real): where the server
 itself varies more than the bound, the twin only has to stay within that variation.
 
+A twin whose profile has speed variation (`step_jitter`) is one draw of the server's drift, as
+each real run is; its prediction is then the mean of several such draws (`mean_summary`):
+each metric averaged over the twin runs, each starvation verdict by majority.
+
 The twin's server config comes from the profile's defaults, the server's static facts read
 before the first real run (KV blocks and block size from `vllm:cache_config_info`, max_loras
 from `vllm:lora_requests_info`, max_model_len from /v1/models) and the user's flags, in that
@@ -14,8 +18,9 @@ order of precedence (flags win) — never from anything observed during the runs
 """
 from __future__ import annotations
 
+import copy
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +51,40 @@ def three_columns(real: Sequence[dict], twin: dict, base: dict, key: str) -> dic
             "real_vs_real": _mean(pairs),
             "twin_vs_real": _mean([smape(r, twin.get(key)) for r in rv]),
             "baseline_vs_real": _mean([smape(r, base.get(key)) for r in rv])}
+
+
+def _mean_metrics(dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers averaged over the runs that have them; anything else from the first run."""
+    out = dict(dicts[0])
+    for k, v in dicts[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = _mean([d.get(k) for d in dicts if isinstance(d.get(k), (int, float))])
+    return out
+
+
+def mean_summary(runs: Sequence[Summary]) -> Summary:
+    """The twin's prediction from several runs that differ only in the speed-variation seed:
+    the first run (its time series, run file and reasons) with every metric, overall and per
+    adapter, averaged over the runs, and each adapter's starvation verdict by majority."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    per_adapter = {}
+    for a, s in first.per_adapter.items():
+        same = [r.per_adapter[a] for r in runs if a in r.per_adapter]
+        per_adapter[a] = replace(s, metrics=_mean_metrics([x.metrics for x in same]))
+    starvation = copy.deepcopy(first.starvation)
+    if starvation is not None:
+        for a in starvation.adapters:
+            verdicts = [r.starvation.adapters[a] for r in runs
+                        if r.starvation is not None and a in r.starvation.adapters]
+            majority = bool(_majority([v.starving for v in verdicts]))
+            # the verdict (with its reasons and figures) of the first run that agrees
+            starvation.adapters[a] = copy.deepcopy(
+                next(v for v in verdicts if v.starving == majority))
+    return replace(first, metrics=_mean_metrics([r.metrics for r in runs]),
+                   per_adapter=per_adapter, starvation=starvation,
+                   notes=[*first.notes, f"mean of {len(runs)} twin runs (speed-variation seeds)"])
 
 
 def _majority(flags: Sequence[bool | None]) -> bool | None:

@@ -76,11 +76,26 @@ class ValidationRun:
     facts: StaticFacts
     status: str = "complete"
     notes: list[str] = field(default_factory=list)
+    twin_seed_paths: list[str] = field(default_factory=list)  # more twin runs, other seeds
+
+
+def twin_seeds_default(profile: Profile) -> int:
+    """Twin runs to average: 5 when the profile's steps vary (each run is one draw of the
+    server's drift), else 1 (the twin is deterministic)."""
+    jitter = profile.data.get("step_jitter") or {}
+    return 5 if float(jitter.get("sigma", 0.0)) > 0 else 1
+
+
+def with_seed(profile: Profile, k: int) -> Profile:
+    """`profile` with its speed variation drawn from seed + k."""
+    jitter = dict(profile.data["step_jitter"])
+    jitter["seed"] = int(jitter.get("seed", 0)) + k
+    return profile.with_changes(step_jitter=jitter)
 
 
 def run_all(trace: Trace, real_backend, profile: Profile, config: ServerConfig,
             facts: StaticFacts, options: ReplayOptions, outdir: str, repeat: int,
-            force: bool = False, quiet: bool = False) -> ValidationRun:
+            force: bool = False, quiet: bool = False, twin_seeds: int = 1) -> ValidationRun:
     from twinbench.backends.twin import TwinBackend
     from twinbench.replay.run import replay_to_file
     from twinbench.twin.baseline import BaselineBackend
@@ -105,9 +120,27 @@ def run_all(trace: Trace, real_backend, profile: Profile, config: ServerConfig,
     quiet_opts = ReplayOptions(**{**options.to_dict(), "quiet": True})
     replay_to_file(trace, TwinBackend(profile, config), quiet_opts, twin_path, force=force,
                    label="twin")
+    seed_paths = twin_seed_runs(trace, profile, config, quiet_opts, outdir, twin_seeds, force)
     replay_to_file(trace, BaselineBackend(profile), quiet_opts, base_path, force=force,
                    label="baseline")
-    return ValidationRun(reals, twin_path, base_path, config, facts, status)
+    return ValidationRun(reals, twin_path, base_path, config, facts, status,
+                         twin_seed_paths=seed_paths)
+
+
+def twin_seed_runs(trace: Trace, profile: Profile, config: ServerConfig,
+                   options: ReplayOptions, outdir: str, twin_seeds: int, force: bool = False,
+                   prefix: str = "twin") -> list[str]:
+    """The twin runs after the first (`{prefix}-seed{k}.jsonl`, k = 1 .. twin_seeds - 1)."""
+    from twinbench.backends.twin import TwinBackend
+    from twinbench.replay.run import replay_to_file
+
+    paths = []
+    for k in range(1, twin_seeds):
+        path = os.path.join(outdir, f"{prefix}-seed{k}.jsonl")
+        replay_to_file(trace, TwinBackend(with_seed(profile, k), config), options, path,
+                       force=force, label=f"twin-seed{k}")
+        paths.append(path)
+    return paths
 
 
 def summarize_all(run: ValidationRun, window: tuple[float, float | None] | None,
@@ -120,8 +153,12 @@ def summarize_all(run: ValidationRun, window: tuple[float, float | None] | None,
         return summarize(load_path(path), window=window, drain_limit_s=drain_limit_s,
                          label=label, starvation_threshold=starvation_threshold, alpha=alpha)
 
+    from twinbench.replay.validate import mean_summary
+
     real = [one(p, f"real-{i + 1}") for i, p in enumerate(run.real_paths)]
-    return real, one(run.twin_path, "twin"), one(run.baseline_path, "baseline")
+    twin = mean_summary([one(run.twin_path, "twin"),
+                         *(one(p, "twin") for p in run.twin_seed_paths)])
+    return real, twin, one(run.baseline_path, "baseline")
 
 
 def write_reports(outdir: str, run: ValidationRun, real, twin, base, fid, failures: list[str],
@@ -134,7 +171,8 @@ def write_reports(outdir: str, run: ValidationRun, real, twin, base, fid, failur
 
     comp = compare(*real, twin, base)
     doc = {"fidelity": fid.to_dict(), "failures": failures, "status": run.status,
-           "runs": {"real": run.real_paths, "twin": run.twin_path, "baseline": run.baseline_path},
+           "runs": {"real": run.real_paths, "twin": run.twin_path,
+                    "twin_other_seeds": run.twin_seed_paths, "baseline": run.baseline_path},
            "twin_server_config": run.config.to_dict(),
            "server_static_facts": run.facts.__dict__,
            "summaries": {s.label: {k: v for k, v in s.to_dict().items() if k != "definitions"}

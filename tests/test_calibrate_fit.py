@@ -249,8 +249,8 @@ def test_profiler_spreads_each_points_repeats_over_the_run(monkeypatch):
     points = [PlanPoint("decode", 1, 32, 20, repeats=3), PlanPoint("prefill", 1, 64, 2),
               PlanPoint("decode", 2, 32, 20, repeats=2)]
     prof.run(points, step_ms=10.0)
-    # round r sends repeat r of every point that has one
-    assert seen == ["p0r0", "p1r0", "p2r0", "p0r1", "p2r1", "p0r2"]
+    # repeat r of n is due at (r + 1/2) / n of the run: 1/6, 1/4, 1/2, 1/2, 3/4, 5/6
+    assert seen == ["p0r0", "p2r0", "p0r1", "p1r0", "p2r1", "p0r2"]
     assert [len(r.records) for r in prof.results] == [3, 1, 2]
     assert [r.point for r in prof.results] == points
     assert [e["repeats_run"] for e in prof.ran] == [3, 1, 2]
@@ -262,6 +262,7 @@ def test_profiler_spreads_each_points_repeats_over_the_run(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prof2.run(points, step_ms=10.0)
     assert [len(r.records) for r in prof2.results] == [2, 1, 1]
+    assert [e["point"]["concurrency"] for e in prof2.ran] == [1, 1, 2]
 
 
 def test_profiler_out_of_budget_skips_the_points_it_cannot_start(monkeypatch):

@@ -79,12 +79,21 @@ def test_validate_replays_real_twin_and_baseline(calibrated, vllm_server, tmp_pa
     assert set(doc["fidelity"]["starvation"]) >= {"a0", "a1", "a2"}
     html = (outdir / "validation.html").read_text()
     assert "twin vs real" in html and "<img" in html
+    # a calibrated profile has speed variation: the twin is the mean of five seeded runs
+    assert Profile.load(str(profile)).data["step_jitter"]["sigma"] > 0
+    assert len(doc["runs"]["twin_other_seeds"]) == 4
+    assert all(os.path.exists(p) for p in doc["runs"]["twin_other_seeds"])
+    assert any("mean of 5" in n for n in doc["fidelity"]["notes"])
 
 
 def test_validate_user_errors_exit_2(tmp_path, capsys):
     assert main(["validate", WORKLOAD, "--profile", str(tmp_path / "missing.json"),
                  "--base-url", "http://127.0.0.1:9", "-o", str(tmp_path / "v")]) == 2
     assert "missing.json" in capsys.readouterr().err
+    for seeds in ("3", "0"):  # the H100 profile's steps do not vary: one twin run is all
+        assert main(["validate", WORKLOAD, "--profile", "llama-3.1-8b-h100", "--twin-seeds",
+                     seeds, "--base-url", "http://127.0.0.1:9", "-o", str(tmp_path / "v")]) == 2
+        assert "--twin-seeds" in capsys.readouterr().err
     assert main(["calibrate", "--base-url", "http://127.0.0.1:9", "-o",
                  str(tmp_path / "p.json"), "--budget", "1s"]) == 2
     assert "--budget" in capsys.readouterr().err

@@ -96,3 +96,39 @@ def test_twin_config_precedence_profile_then_server_facts_then_flags():
     assert (c.num_gpu_blocks, c.block_size, c.max_model_len) == (1024, 32, 1024)
     assert c.max_loras == 3 and c.max_num_seqs == 8
     assert c.max_num_batched_tokens == prof.defaults["max_num_batched_tokens"]
+
+
+def test_twin_with_speed_variation_is_the_mean_of_its_seeds():
+    """With `step_jitter` every twin run is one draw of the drift: validation averages the
+    metrics of several seeds and takes each starvation verdict by majority."""
+    import copy
+
+    from twinbench.replay.validate import mean_summary
+    from twinbench.replay.validate_run import twin_seeds_default, with_seed
+    from twinbench.twin import simulate
+    from twinbench.twin.config import ServerConfig
+
+    plain = Profile.load("llama-3.1-8b-h100")
+    jittery = plain.with_changes(step_jitter={"sigma": 0.3, "window_ms": 20.0, "seed": 4},
+                                 name="jittery")
+    assert twin_seeds_default(plain) == 1 and twin_seeds_default(jittery) == 5
+    assert with_seed(jittery, 2).data["step_jitter"]["seed"] == 6
+    trace = _trace()
+    cfg = ServerConfig(max_num_seqs=4, max_loras=1)
+    runs = [summarize(simulate(trace, cfg, with_seed(jittery, k)).records, label="twin")
+            for k in range(3)]
+    itls = [r.metrics["median_itl_ms"] for r in runs]
+    assert len(set(itls)) == 3  # the seeds differ
+    mean = mean_summary(runs)
+    assert mean.metrics["median_itl_ms"] == pytest.approx(np.mean(itls))
+    assert mean.metrics["completed"] == pytest.approx(np.mean([r.metrics["completed"]
+                                                                for r in runs]))
+    a0 = [r.per_adapter["a0"].metrics["median_ttft_ms"] for r in runs]
+    assert mean.per_adapter["a0"].metrics["median_ttft_ms"] == pytest.approx(np.mean(a0))
+    assert mean.series is runs[0].series  # overlays show the first run
+    # verdicts by majority: two runs of three say a1 starves
+    flipped = [copy.deepcopy(r) for r in runs]
+    for r, starving in zip(flipped, (True, False, True)):
+        r.starvation.adapters["a1"].starving = starving
+    assert mean_summary(flipped).starvation.adapters["a1"].starving is True
+    assert mean_summary(runs[:1]) is runs[0]
