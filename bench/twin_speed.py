@@ -1,7 +1,7 @@
 """Twin speed: how much faster than real time the engine simulates (prints figures).
 
     python bench/twin_speed.py [--trace CSV] [--skip-step] [--skip-million] [--requests N]
-                               [--repeat 7]
+                               [--repeat 7] [--jitter SIGMA:WINDOW_MS]
 
 Cases (Azure conv trace, 19,366 requests over 1 h, Zipf(1.0) over 32 adapters with ranks
 8/16/32, max_loras 8, max_lora_rank 32, llama-3.1-8b-h100):
@@ -11,6 +11,8 @@ Cases (Azure conv trace, 19,366 requests over 1 h, Zipf(1.0) over 32 adapters wi
   4. step-by-step reference mode on case 1's input
   5. 1,000,000 generated requests (8 h) in sketch mode, records streamed to a counter,
      peak RSS before/after (no growth beyond the records)
+`--jitter 0.15:430` gives the profile speed variation (`step_jitter`, as calibrated profiles
+have), which makes the coalesced mode price each step of a segment on its own.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def main() -> int:
     ap.add_argument("--skip-million", action="store_true")
     ap.add_argument("--requests", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=7, help="runs of case 1 (spread of CPU time)")
+    ap.add_argument("--jitter", metavar="SIGMA:WINDOW_MS",
+                    help="speed variation for the profile (step_jitter), e.g. 0.15:430")
     args = ap.parse_args()
 
     from twinbench import traces
@@ -67,10 +71,16 @@ def main() -> int:
         return 2
     tr = traces.assign_adapters(traces.load(args.trace), "zipf:1.0", 32, seed=0)
     cfg = ServerConfig(max_loras=8, max_lora_rank=32)
-    profile = "llama-3.1-8b-h100"
+    from twinbench.twin.profile import Profile
+    profile = Profile.load("llama-3.1-8b-h100")
+    if args.jitter:
+        sigma, _, window = args.jitter.partition(":")
+        profile = profile.with_changes(step_jitter={"sigma": float(sigma),
+                                                    "window_ms": float(window)},
+                                       name=f"llama-3.1-8b-h100+jitter {args.jitter}")
     sim_span = float(tr.arrival_s.max())
     print(f"trace: {len(tr)} requests over {sim_span:.0f} s; {cfg.max_loras} GPU slots, "
-          f"profile {profile}, one core, python {sys.version.split()[0]}, "
+          f"profile {profile.name}, one core, python {sys.version.split()[0]}, "
           f"engine {engine_build()} (TWINBENCH_PURE_PYTHON=1: the .py sources)")
 
     t, c = time.perf_counter(), time.process_time()

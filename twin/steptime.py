@@ -207,8 +207,20 @@ def _jitter_fields(section: dict | None) -> dict:
     """StepModel fields for a profile's `step_jitter` ({sigma, window_ms, seed}), none if absent."""
     if not section or float(section.get("sigma", 0.0)) <= 0 or float(section.get("window_ms", 0.0)) <= 0:
         return {}
-    sigma = float(section["sigma"])
-    z = np.random.default_rng(int(section.get("seed", 0))).standard_normal(_JITTER_TABLE)
-    mult = np.exp(sigma * z - sigma * sigma / 2)  # log-normal, mean 1
     return {"jitter_window_ns": int(round(float(section["window_ms"]) * 1e6)),
-            "jitter_bp": tuple(int(v) for v in np.rint(mult * _BP))}
+            "jitter_bp": _jitter_table(float(section["sigma"]), int(section.get("seed", 0)))}
+
+
+_TABLES: dict[tuple[float, int], tuple[int, ...]] = {}
+
+
+def _jitter_table(sigma: float, seed: int) -> tuple[int, ...]:
+    """The per-window multipliers (1/10⁴), log-normal with mean 1; built once per (sigma,
+    seed): the advisor and clusters build many engines from one profile."""
+    key = (sigma, seed)
+    table = _TABLES.get(key)
+    if table is None:
+        z = np.random.default_rng(seed).standard_normal(_JITTER_TABLE)
+        mult = np.exp(sigma * z - sigma * sigma / 2)
+        table = _TABLES[key] = tuple(int(v) for v in np.rint(mult * _BP))
+    return table
