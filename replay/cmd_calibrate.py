@@ -169,4 +169,9 @@ def _report(profile, fit, profiling_s, out, plot_path) -> str:
     lines.append(f"adapter load: cpu→gpu {al['cpu_to_gpu_ms']:.2f} ms "
                  f"(+{al['cpu_to_gpu_per_rank_ms']:.3f}/rank), disk→cpu "
                  f"{al['disk_to_cpu_ms']:.2f} ms (+{al['disk_to_cpu_per_rank_ms']:.3f}/rank)")
+    jitter = fit.get("step_jitter")
+    lines.append("speed variation: " + (
+        f"log-sd {jitter['sigma']:.3f} over windows of {jitter['window_ms']:.0f} ms "
+        f"(step_jitter; validate averages 5 twin runs)" if jitter else
+        "none measured (too few decode segments, or none that vary)"))
     return "\n".join(lines)
