@@ -244,7 +244,6 @@ class Profiler:
         self.skipped: list[dict] = []
         self.ran: list[dict] = []
         self.fresh_names = 0
-        self._load_reps: set[tuple[int, int]] = set()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -294,7 +293,8 @@ class Profiler:
                 est = point.est_s(step_ms) / point.repeats
                 if self.remaining() < min(est, self.budget_s) * 0.8:
                     continue
-                state = per_point.setdefault(k, {"reps": [], "wall": 0.0, "hist": {}})
+                state = per_point.setdefault(k, {"reps": [], "done": 0, "wall": 0.0,
+                                                 "hist": {}})
                 t0 = time.monotonic()
                 if point.kind == "load":
                     self._load_repeat(point, k, rep)
@@ -309,6 +309,7 @@ class Profiler:
                     _add_histogram_delta(state["hist"], last_scrape, scrape)
                 last_scrape = scrape
                 state["wall"] += time.monotonic() - t0
+                state["done"] += 1
                 if on_batch is not None:
                     on_batch(point)
         finally:  # an interrupted run keeps (and fits) what it measured
@@ -321,10 +322,8 @@ class Profiler:
                     zero = {name: (0.0, 0.0) for name in state["hist"]}
                     self.results.append(PointResult(point, state["reps"], state["wall"],
                                                     histogram_means(zero, state["hist"])))
-                done = (len(state["reps"]) if point.kind != "load" else
-                        sum(1 for r in range(point.repeats) if (k, r) in self._load_reps))
                 self.ran.append({"point": point.to_dict(), "wall_s": round(state["wall"], 3),
-                                 "repeats_run": done})
+                                 "repeats_run": state["done"]})
 
     # ---- adapter loads ------------------------------------------------------------------
     def _ttft_ms(self, name: str, tag: str, seed: int) -> float | None:
@@ -347,7 +346,6 @@ class Profiler:
     def _load_repeat(self, point: PlanPoint, k: int, rep: int) -> None:
         """One cold-vs-warm measurement of `point`'s adapter (evicted, and where the server
         allows it, registered under a fresh name)."""
-        self._load_reps.add((k, rep))
         name = point.adapters[0]
         rank = self.target.adapters.get(name, 0)
         tag = f"p{k}r{rep}"

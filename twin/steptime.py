@@ -156,10 +156,10 @@ class StepModel:
         const_ns = self._constant_ns(n_adapters, running, waiting)
         fs = self.base_fs + self.decode_seq_fs * decode_seqs + self.kv_token_fs * kv_tokens0
         fs_step = self.kv_token_fs * decode_seqs
-        first_ns = (fs // 1000) * fbp // _BP // 1000 + const_ns
         if self.jitter_window_ns:
             return self._jittered_segment_ends(start_ns, limit_ns, max_steps, fs, fs_step, fbp,
                                                const_ns)
+        first_ns = (fs // 1000) * fbp // _BP // 1000 + const_ns
         bound = max_steps
         if first_ns > 0 and fs_step >= 0 and fbp >= 0:
             # durations never shrink, so at most (limit - start) // first steps end by the limit:
@@ -186,10 +186,8 @@ class StepModel:
         start's window (durations may shrink, so no bound from the first step)."""
         ends = []
         t = start_ns
-        window, table, mask = self.jitter_window_ns, self.jitter_bp, _JITTER_TABLE - 1
         for _ in range(max_steps):
-            dur = (fs // 1000) * fbp // _BP // 1000 + const_ns
-            t += dur * table[(t // window) & mask] // _BP
+            t += self.jittered(t, (fs // 1000) * fbp // _BP // 1000 + const_ns)
             ends.append(t)
             if t > limit_ns:
                 break
