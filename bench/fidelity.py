@@ -16,7 +16,8 @@
    shape, computed from the calibrated profile (sizing only; nothing real feeds the twin).
 3. print, per workload and headline metric, real-vs-real / twin-vs-real / baseline-vs-real
    SMAPE and whether the target holds (twin <= max(target, real noise) and, where the noise
-   exceeds the target, twin beats the baseline); starvation verdicts side by side.
+   exceeds the target, twin beats the baseline); starvation verdicts side by side; and, as
+   the ceiling, the targets each real run would hold in the twin's place against the others.
 `--ship` copies the calibrated profile to twin/profiles/tiny-llama-cpu.json. `--pin` gives
 vLLM's engine core CPU 1 alone (one OpenMP thread) and its API server, this script and the
 twinbench runs CPU 0; without it every process goes where the kernel puts it.
@@ -191,6 +192,29 @@ def build_workloads(minutes: float, profile, configs: dict) -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------
 
+def targets_held(fid: dict) -> int:
+    """Headline targets a fidelity report holds (`verdict` PASS, with or without noise)."""
+    return sum(verdict(fid["metrics"][k], t).startswith("PASS") for k, t in TARGETS.items())
+
+
+def real_as_twin(folder: str, window, drain_s: float) -> list[int]:
+    """Targets held by each real run put in the twin's place, against the other real runs
+    (`validate.real_as_twin`; [] with fewer than 3 real runs)."""
+    import glob
+
+    from twinbench.replay import validate as val
+    from twinbench.reports.load import load_path
+    from twinbench.reports.metrics import summarize
+
+    def one(path: str):
+        return summarize(load_path(path), window=window, drain_limit_s=drain_s,
+                         label=os.path.basename(path))
+
+    reals = [one(p) for p in sorted(glob.glob(os.path.join(folder, "real-*.jsonl")))]
+    base = one(os.path.join(folder, "baseline.jsonl"))
+    return [targets_held(f.to_dict()) for f in val.real_as_twin(reals, base)]
+
+
 def verdict(row: dict, target: float) -> str:
     tv, noise, base = row["twin_vs_real"], row["real_vs_real"], row["baseline_vs_real"]
     if tv is None:
@@ -305,8 +329,11 @@ def run_workload(name: str, workload, server, flags, profile_path: str, args) ->
     doc = json.load(open(os.path.join(folder, "validation", "validation.json")))
     print(open(os.path.join(folder, "validate.log")).read(), flush=True)
     print(f"{name}: validate exit {rc}, {time.monotonic() - t0:.0f} s", flush=True)
+    ceiling = real_as_twin(os.path.join(folder, "validation"), tuple(doc["window_s"]),
+                           float(drain))
     return {"description": text, "requests": len(trace), "fidelity": doc["fidelity"],
-            "twin_config": doc["twin_server_config"], "wall_s": time.monotonic() - t0}
+            "real_as_twin": ceiling, "twin_config": doc["twin_server_config"],
+            "wall_s": time.monotonic() - t0}
 
 
 def twin_configs(profile) -> dict:
@@ -362,7 +389,8 @@ def retwin(args) -> int:
         real, twin, base = vr.summarize_all(run, tuple(doc["window_s"]), drain)
         fid = val.fidelity(real, twin, base)
         results[w] = {"description": doc.get("description", w), "requests": len(trace),
-                      "fidelity": fid.to_dict(), "twin_config": config.to_dict()}
+                      "fidelity": fid.to_dict(), "twin_config": config.to_dict(),
+                      "real_as_twin": real_as_twin(folder, tuple(doc["window_s"]), drain)}
     print_summary(results, args, time.monotonic() - started, args.retwin,
                   name="fidelity-retwin.json")
     return 0
@@ -387,6 +415,17 @@ def print_summary(results: dict, args, wall_s: float, profile_path,
         print(f"{w:<6}starvation verdicts: twin agrees on {agree}/{len(st)} adapters: " + ", ".join(
             f"{a}: real {['S' if x else '-' for x in v['real']]} twin "
             f"{'S' if v['twin'] else '-'}" for a, v in st.items()))
+        if r.get("real_as_twin"):
+            print(f"{w:<6}targets held: twin {targets_held(r['fidelity'])}/{len(TARGETS)}; "
+                  f"each real run in the twin's place, against the others: "
+                  f"{r['real_as_twin']}")
+    held = sum(targets_held(r["fidelity"]) for r in results.values())
+    ceilings = [r.get("real_as_twin") or [] for r in results.values()]
+    line = f"targets held: twin {held}/{len(TARGETS) * len(results)}"
+    if ceilings and all(ceilings) and len({len(c) for c in ceilings}) == 1:
+        per_run = [sum(c[k] for c in ceilings) for k in range(len(ceilings[0]))]
+        line += f"; real run k in the twin's place, k = 1..{len(per_run)}: {per_run}"
+    print(line)
     with open(os.path.join(args.out, name), "w") as f:
         json.dump({"minutes": args.minutes, "repeats": args.repeats, "results": results}, f,
                   indent=1, default=str)

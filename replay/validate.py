@@ -5,7 +5,9 @@ Three SMAPE columns per metric (common convention, `reports.stats.smape`):
     twin vs real      mean over real repeats of SMAPE(real_i, twin)
     baseline vs real  the same for the naive constant-step baseline (`twin/baseline.py`)
 A fidelity bound B on a metric fails when twin vs real > max(B, real vs real): where the server
-itself varies more than the bound, the twin only has to stay within that variation.
+itself varies more than the bound, the twin only has to stay within that variation. With three
+or more real runs, each is also put in the twin's place against the others (`real_as_twin`):
+how many bounds the server's own runs cross says whether the bounds can be met at all.
 
 A twin whose profile has speed variation (`step_jitter`) is one draw of the server's drift, as
 each real run is; its prediction is then the mean of several such draws (`mean_summary`):
@@ -142,6 +144,17 @@ def fidelity(real: Sequence[Summary], twin: Summary, base: Summary) -> Fidelity:
     if len(real) < 2:
         notes.append("one real run: no real-vs-real noise floor (use --repeat 3)")
     return Fidelity(metrics, per_adapter, starvation, notes)
+
+
+def real_as_twin(real: Sequence[Summary], base: Summary) -> list[Fidelity]:
+    """Each real run scored in the twin's place against the other real runs.
+
+    What a twin that predicts a run as well as the server's own next run would score: the
+    ceiling against which bounds (and a twin) are judged. Needs >= 3 real runs, so that the
+    others still have a noise floor; fewer give []."""
+    if len(real) < 3:
+        return []
+    return [fidelity([*real[:k], *real[k + 1:]], r, base) for k, r in enumerate(real)]
 
 
 def parse_bounds(text: str | None) -> dict[str, float | None]:

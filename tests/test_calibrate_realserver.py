@@ -84,6 +84,8 @@ def test_validate_replays_real_twin_and_baseline(calibrated, vllm_server, tmp_pa
     assert len(doc["runs"]["twin_other_seeds"]) == 4
     assert all(os.path.exists(p) for p in doc["runs"]["twin_other_seeds"])
     assert any("mean of 5" in n for n in doc["fidelity"]["notes"])
+    # two real runs leave none to score in the twin's place (that needs three)
+    assert doc["bounds_crossed_by_real_runs"] == []
 
 
 def test_validate_user_errors_exit_2(tmp_path, capsys):

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from twinbench.replay.validate import (check_bounds, fidelity, parse_bounds, text_table,
-                                       three_columns)
+from twinbench.replay.validate import (check_bounds, fidelity, parse_bounds, real_as_twin,
+                                       text_table, three_columns)
 from twinbench.replay.validate_run import StaticFacts, twin_config
 from twinbench.reports.metrics import summarize
 from twinbench.traces.core import Adapter, Request, Trace
@@ -78,6 +78,24 @@ def test_fidelity_of_runs_and_noise_aware_bounds():
     failed = check_bounds(fidelity(real, worse, base), {"median_itl_ms": 5.0})
     assert len(failed) == 1 and failed[0].startswith("median_itl_ms")
     assert "twin-vs-real" in text_table(f)
+
+
+def test_each_real_run_in_the_twins_place_shows_whether_bounds_are_attainable():
+    trace = _trace()
+    real = [summarize(simulate_baseline(trace, _profile(step, 25.0)), label=f"real-{i}")
+            for i, step in enumerate((10.0, 10.0, 13.0))]
+    base = summarize(simulate_baseline(trace, _profile(20.0, 25.0)), label="baseline")
+    scored = real_as_twin(real, base)
+    assert len(scored) == 3
+    # run 1 against runs 2 and 3: the others disagree by 26 %, so a 5 % bound is within noise
+    first = scored[0].metrics["median_itl_ms"]
+    assert first["real"] == pytest.approx([10.0, 13.0])
+    assert first["twin_vs_real"] == pytest.approx(_smape(10.0, 13.0) / 2)
+    assert first["real_vs_real"] == pytest.approx(_smape(10.0, 13.0))
+    # the outlier against two identical runs (no noise) crosses it
+    crossed = [check_bounds(f, {"median_itl_ms": 5.0}) for f in scored]
+    assert [len(x) for x in crossed] == [0, 0, 1]
+    assert real_as_twin(real[:2], base) == []
 
 
 def test_bound_spec_parsing():
