@@ -13,7 +13,10 @@
    W3 Zipf(1.0) over 8 adapters on a server with max_loras 2, sized for mixed starvation verdicts
    W4 saturated: offered load ~1.5x capacity, KV cut to 8 MiB so that requests get preempted
    Capacity (req/s) is the twin's sustained throughput at heavy overload of the workload's own
-   shape, computed from the calibrated profile (sizing only; nothing real feeds the twin).
+   shape, computed from the built-in tiny-llama-cpu profile (`--size-with`; sizing only,
+   nothing real feeds the twin). A fixed sizing profile keeps the sets comparable: sized from
+   each fresh calibration instead, a calibration that measured the server 6 % fast made W3 a
+   workload on which the real server's own runs held 0-3 of 4 targets against each other.
 3. print, per workload and headline metric, real-vs-real / twin-vs-real / baseline-vs-real
    SMAPE and whether the target holds (twin <= max(target, real noise) and, where the noise
    exceeds the target, twin beats the baseline); starvation verdicts side by side; and, as
@@ -234,6 +237,10 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/twinbench-fidelity", help="output folder")
     ap.add_argument("--profile", help="use this profile instead of calibrating")
     ap.add_argument("--workloads", default="W1,W2,W3,W4")
+    ap.add_argument("--size-with", default="tiny-llama-cpu", metavar="PROFILE",
+                    help="profile whose twin sizes the workloads (default: the built-in "
+                         "tiny-llama-cpu, so every set replays the same traces); 'calibrated' "
+                         "sizes them from the profile being validated")
     ap.add_argument("--drain", type=float, default=60.0,
                     help="drain limit after the last arrival, s (W4; the others get twice it)")
     ap.add_argument("--ship", action="store_true",
@@ -262,6 +269,8 @@ def main() -> int:
                "w4": (w4_flags, ("W4",))}
     results: dict = {}
     workloads = None
+    # loaded before any calibration (which --ship may copy over the built-in profile)
+    sizing = None if args.size_with == "calibrated" else Profile.load(args.size_with)
     for key, (flags, names) in servers.items():
         todo = [w for w in names if w in wanted]
         if not todo and (key != "main" or profile_path):
@@ -296,9 +305,10 @@ def main() -> int:
                     dest = os.path.join(REPO, "twin", "profiles", "tiny-llama-cpu.json")
                     shutil.copy(profile_path, dest)
                     print(f"shipped {profile_path} -> {dest}", flush=True)
-            profile = Profile.load(profile_path)
             if workloads is None:
-                workloads = build_workloads(args.minutes, profile, twin_configs(profile))
+                sizing = sizing or Profile.load(profile_path)
+                print(f"workloads sized with profile {sizing.name}", flush=True)
+                workloads = build_workloads(args.minutes, sizing, twin_configs(sizing))
             for w in todo:
                 results[w] = run_workload(w, workloads[w], server, flags, profile_path, args)
                 print_summary(results, args, time.monotonic() - started, profile_path)
