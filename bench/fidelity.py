@@ -15,7 +15,7 @@
    Capacity (req/s) is the twin's sustained throughput at heavy overload of the workload's own
    shape, computed from the built-in tiny-llama-cpu profile (`--size-with`; sizing only,
    nothing real feeds the twin). A fixed sizing profile keeps the sets comparable: sized from
-   each fresh calibration instead, a calibration that measured the server 6 % fast made W3 a
+   each fresh calibration instead, a calibration that measured the server ~7 % fast made W3 a
    workload on which the real server's own runs held 0-3 of 4 targets against each other.
 3. print, per workload and headline metric, real-vs-real / twin-vs-real / baseline-vs-real
    SMAPE and whether the target holds (twin <= max(target, real noise) and, where the noise
