@@ -258,7 +258,7 @@ def main() -> int:
     all_cpus = os.sched_getaffinity(0)
 
     from twinbench.backends.vllm_cpu import tiny_server
-    from twinbench.twin.profile import Profile
+    from twinbench.twin.profile import Profile, ProfileError
 
     os.makedirs(args.out, exist_ok=True)
     wanted = args.workloads.split(",")
@@ -270,7 +270,10 @@ def main() -> int:
     results: dict = {}
     workloads = None
     # loaded before any calibration (which --ship may copy over the built-in profile)
-    sizing = None if args.size_with == "calibrated" else Profile.load(args.size_with)
+    try:
+        sizing = None if args.size_with == "calibrated" else Profile.load(args.size_with)
+    except ProfileError as e:
+        ap.error(str(e).replace("--profile", "--size-with", 1))
     for key, (flags, names) in servers.items():
         todo = [w for w in names if w in wanted]
         if not todo and (key != "main" or profile_path):
