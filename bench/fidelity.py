@@ -200,22 +200,12 @@ def targets_held(fid: dict) -> int:
     return sum(verdict(fid["metrics"][k], t).startswith("PASS") for k, t in TARGETS.items())
 
 
-def real_as_twin(folder: str, window, drain_s: float) -> list[int]:
+def real_as_twin(real, base) -> list[int]:
     """Targets held by each real run put in the twin's place, against the other real runs
     (`validate.real_as_twin`; [] with fewer than 3 real runs)."""
-    import glob
-
     from twinbench.replay import validate as val
-    from twinbench.reports.load import load_path
-    from twinbench.reports.metrics import summarize
 
-    def one(path: str):
-        return summarize(load_path(path), window=window, drain_limit_s=drain_s,
-                         label=os.path.basename(path))
-
-    reals = [one(p) for p in sorted(glob.glob(os.path.join(folder, "real-*.jsonl")))]
-    base = one(os.path.join(folder, "baseline.jsonl"))
-    return [targets_held(f.to_dict()) for f in val.real_as_twin(reals, base)]
+    return [targets_held(f.to_dict()) for f in val.real_as_twin(real, base)]
 
 
 def verdict(row: dict, target: float) -> str:
@@ -322,7 +312,9 @@ def main() -> int:
 
 
 def run_workload(name: str, workload, server, flags, profile_path: str, args) -> dict:
+    from twinbench.replay import validate_run as vr
     from twinbench.traces import save
+    from twinbench.twin.config import ServerConfig
 
     trace, text = workload
     folder = os.path.join(args.out, name)
@@ -342,8 +334,13 @@ def run_workload(name: str, workload, server, flags, profile_path: str, args) ->
     doc = json.load(open(os.path.join(folder, "validation", "validation.json")))
     print(open(os.path.join(folder, "validate.log")).read(), flush=True)
     print(f"{name}: validate exit {rc}, {time.monotonic() - t0:.0f} s", flush=True)
-    ceiling = real_as_twin(os.path.join(folder, "validation"), tuple(doc["window_s"]),
-                           float(drain))
+    # the validation ran in a subprocess: summarise its stored runs as it did
+    runs = doc["runs"]
+    stored = vr.ValidationRun(runs["real"], runs["twin"], runs["baseline"],
+                              ServerConfig.from_dict(doc["twin_server_config"]),
+                              vr.StaticFacts(), twin_seed_paths=runs["twin_other_seeds"])
+    real, _, base = vr.summarize_all(stored, tuple(doc["window_s"]), float(drain))
+    ceiling = real_as_twin(real, base)
     return {"description": text, "requests": len(trace), "fidelity": doc["fidelity"],
             "real_as_twin": ceiling, "twin_config": doc["twin_server_config"],
             "wall_s": time.monotonic() - t0}
@@ -403,7 +400,7 @@ def retwin(args) -> int:
         fid = val.fidelity(real, twin, base)
         results[w] = {"description": doc.get("description", w), "requests": len(trace),
                       "fidelity": fid.to_dict(), "twin_config": config.to_dict(),
-                      "real_as_twin": real_as_twin(folder, tuple(doc["window_s"]), drain)}
+                      "real_as_twin": real_as_twin(real, base)}
     print_summary(results, args, time.monotonic() - started, args.retwin,
                   name="fidelity-retwin.json")
     return 0
